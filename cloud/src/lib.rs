@@ -1,0 +1,1 @@
+//! The cloud control plane, `dmr-cloud`. Filled in by the cloud issue.

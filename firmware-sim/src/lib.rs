@@ -1,0 +1,1 @@
+//! The lock controller simulator, `dmr-lock-sim`. Filled in by the simulator work.
