@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine of its kind (Debian 12, root, Rust via rustup):
+# installs what is missing, then format and lint checks, the whole workspace test suite (cloud
+# tests against SQLite and a throwaway PostgreSQL), and the aarch64 cross build with the
+# protocol tests under qemu-user. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+step "setup"
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "cargo test (SQLite and PostgreSQL)"
+export DMR_PYMODBUS_PYTHON=${DMR_PYMODBUS_PYTHON:-$PWD/target/pyvenv/bin/python}
+# The cloud suite runs on both databases: run_postgres.sh starts a throwaway server and exports
+# DATABASE_URL; it is handed to the tests as DMR_TEST_DATABASE_URL (and DATABASE_URL itself is
+# dropped so nothing else connects to it by accident). DMR_REQUIRE_PG makes a missing server fail.
+scripts/run_postgres.sh bash -c \
+  'env -u DATABASE_URL DMR_TEST_DATABASE_URL="$DATABASE_URL" DMR_REQUIRE_PG=1 cargo test --locked --workspace'
+
+step "aarch64 cross build and tests under qemu"
+scripts/cross-test.sh aarch64
+
+step "all tests passed"
