@@ -25,6 +25,11 @@ export DMR_PYMODBUS_PYTHON=${DMR_PYMODBUS_PYTHON:-$PWD/target/pyvenv/bin/python}
 scripts/run_postgres.sh bash -c \
   'env -u DATABASE_URL DMR_TEST_DATABASE_URL="$DATABASE_URL" DMR_REQUIRE_PG=1 cargo test --locked --workspace'
 
+step "systemd units (systemd-analyze verify + security)"
+# verify needs an executable at ExecStart: point it at the freshly built binaries.
+scripts/verify_unit.sh systemd/dmr-agent.service "$PWD/target/debug/dmr-agent"
+scripts/verify_unit.sh systemd/dmr-cloud.service "$PWD/target/debug/dmr-cloud"
+
 step "aarch64 cross build and tests under qemu"
 scripts/cross-test.sh aarch64
 
