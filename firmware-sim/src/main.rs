@@ -1,5 +1,5 @@
-//! `dmr-lock-sim`: not built yet; exits with a clear message instead of pretending.
+//! `dmr-lock-sim`: simulated lock controllers on a pty and/or Modbus TCP. All the work is
+//! in the library (`dmr_firmware_sim::cli`), so tests can run the same code in-process.
 fn main() -> std::process::ExitCode {
-    eprintln!("dmr-lock-sim: not available in this build yet (see the project's open issues)");
-    std::process::ExitCode::from(69)
+    dmr_firmware_sim::cli::main()
 }

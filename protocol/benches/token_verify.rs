@@ -70,7 +70,11 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("token_verify");
     g.bench_function("bare_verify_strict", |b| {
-        b.iter(|| black_box(&vk).verify_strict(black_box(&msg), black_box(&sig)).unwrap())
+        b.iter(|| {
+            black_box(&vk)
+                .verify_strict(black_box(&msg), black_box(&sig))
+                .unwrap()
+        })
     });
     g.bench_function("verify_text", |b| {
         b.iter(|| token::verify_text(black_box(&text), &view, now).unwrap())

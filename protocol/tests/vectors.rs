@@ -153,7 +153,10 @@ fn our_signer_reproduces_the_vector_bytes() {
         not_after: f["not_after"].as_u64().unwrap(),
         max_uses: 1,
     };
-    assert_eq!(claims.sign(&sk).unwrap().to_text(), t["text"].as_str().unwrap());
+    assert_eq!(
+        claims.sign(&sk).unwrap().to_text(),
+        t["text"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -161,7 +164,11 @@ fn jws_vectors() {
     let v = vectors();
     let (_, gw_key) = key(&v["keys"]["gateway_key"]);
     let (cloud_id, cloud_key) = key(&v["keys"]["cloud_token_key"]);
-    let gw_kid: Kid = v["keys"]["gateway_key"]["kid"].as_str().unwrap().parse().unwrap();
+    let gw_kid: Kid = v["keys"]["gateway_key"]["kid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let jws = v["jws"].as_array().unwrap();
     assert_eq!(jws.len(), 2);
     for j in jws {
