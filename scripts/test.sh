@@ -25,6 +25,10 @@ export DMR_PYMODBUS_PYTHON=${DMR_PYMODBUS_PYTHON:-$PWD/target/pyvenv/bin/python}
 scripts/run_postgres.sh bash -c \
   'env -u DATABASE_URL DMR_TEST_DATABASE_URL="$DATABASE_URL" DMR_REQUIRE_PG=1 cargo test --locked --workspace'
 
+step "web: console and H5 pages (type check, unit tests, build, bundle size)"
+# Node 20 and npm come with the machine; packages come from the npm registry by package-lock.json.
+( cd cloud/web && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run build && npm run size )
+
 step "systemd units (systemd-analyze verify + security)"
 # verify needs an executable at ExecStart: point it at the freshly built binaries.
 scripts/verify_unit.sh systemd/dmr-agent.service "$PWD/target/debug/dmr-agent"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds nothing: runs the browser walk-through (scripts/e2e.mjs) against a fresh dmr-cloud.
+#   CLOUD_BIN=../../target/debug/dmr-cloud scripts/e2e.sh    (after `npm run build`)
+# Starts dmr-cloud on a free loopback port with a throw-away SQLite database and a platform
+# admin, serves dist/ with `vite preview` proxying /api to it, runs the checks, stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${CLOUD_BIN:-../../target/debug/dmr-cloud}
+[ -x "$BIN" ] || { echo "dmr-cloud binary not found at $BIN (set CLOUD_BIN)"; exit 2; }
+[ -f dist/index.html ] || { echo "run npm run build first"; exit 2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+CLOUD_PORT=$(free_port)
+WEB_PORT=$(free_port)
+export DMR_SERVER_LISTEN=127.0.0.1:$CLOUD_PORT DMR_SERVER_PUBLIC_BASE_URL=http://127.0.0.1:$WEB_PORT \
+  DMR_DATABASE_URL="sqlite://$WORK/dmr.db?mode=rwc"
+PASSWORD="e2e-admin-$RANDOM-$RANDOM"
+echo "$PASSWORD" | "$BIN" admin create-user --username e2e-ops --display-name E2E >/dev/null
+"$BIN" serve >"$WORK/cloud.log" 2>&1 &
+CLOUD_PID=$!
+DMR_CLOUD_URL=http://127.0.0.1:$CLOUD_PORT node_modules/.bin/vite preview --host 127.0.0.1 --port "$WEB_PORT" --strictPort >"$WORK/web.log" 2>&1 &
+WEB_PID=$!
+trap 'kill $CLOUD_PID $WEB_PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$WEB_PORT/health" && break
+  sleep 0.1
+done
+E2E_BASE=http://127.0.0.1:$WEB_PORT E2E_ADMIN=e2e-ops E2E_ADMIN_PASSWORD=$PASSWORD node scripts/e2e.mjs
