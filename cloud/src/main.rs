@@ -1,5 +1,4 @@
-//! `dmr-cloud`: not built yet; exits with a clear message instead of pretending.
+//! `dmr-cloud`: parses the command line and hands over to the library.
 fn main() -> std::process::ExitCode {
-    eprintln!("dmr-cloud: not available in this build yet (see the project's open issues)");
-    std::process::ExitCode::from(69)
+    dmr_cloud::cli::main()
 }

@@ -238,7 +238,11 @@ impl Shared {
         let p = planned?;
         let mut delay = Duration::from_millis(p.faults.extra_delay_ms);
         if self.line_timing {
-            delay += rtu::exchange_time(pdu.len() + 3, p.pdu.len() + 3, p.baud);
+            // What a master sees on a real line from the first request byte to the last
+            // reply byte: the request, the 3.5-character silence that ends it, the reply.
+            // The silence after the reply is the master's own to keep, not ours.
+            delay += rtu::char_time(pdu.len() + 3 + p.pdu.len() + 3, p.baud)
+                + rtu::inter_frame_silence(p.baud);
         }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

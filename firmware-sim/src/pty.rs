@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use dmr_protocol::modbus::{MAX_RTU_FRAME, rtu};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::termios::{BaudRate, SetArg, cfgetospeed, cfmakeraw, tcgetattr, tcsetattr};
+use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -119,16 +119,24 @@ fn spawn_reader(
 impl Pty {
     /// The speed the client configured on its end, in bits per second (0: not a Modbus
     /// rate). A pty ignores it for transfer, but it says what the client would send at.
+    /// The speed a client set on its side, if it is one of the bus speeds. A speed set the
+    /// Linux way serialport uses (`BOTHER` with an arbitrary rate, readable only through the
+    /// `termios2` ioctl) is reported as unknown, and an unknown speed is not simulated as a
+    /// mismatch: better to answer than to punish a client for how it set a valid speed.
     fn line_speed(&self) -> Option<u32> {
+        use nix::libc;
         let t = tcgetattr(&self.slave).ok()?;
-        Some(match cfgetospeed(&t) {
-            BaudRate::B9600 => 9600,
-            BaudRate::B19200 => 19200,
-            BaudRate::B38400 => 38400,
-            BaudRate::B57600 => 57600,
-            BaudRate::B115200 => 115_200,
-            _ => 0,
-        })
+        // Reading the raw CBAUD bits instead of `cfgetospeed`, which panics on BOTHER.
+        let raw: libc::termios = t.into();
+        match raw.c_cflag & libc::CBAUD {
+            libc::B9600 => Some(9600),
+            libc::B19200 => Some(19200),
+            libc::B38400 => Some(38400),
+            libc::B57600 => Some(57600),
+            libc::B115200 => Some(115_200),
+            libc::BOTHER => None,
+            _ => Some(0),
+        }
     }
 
     fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {

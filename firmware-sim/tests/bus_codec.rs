@@ -267,8 +267,10 @@ async fn line_timing_delays_replies_by_their_wire_time() {
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(&dir, |c| c.line_baud = Some(9600)).await;
     let mut m = RtuMaster::open(sim.pty_path().unwrap());
-    // 8-byte request, 37-byte reply (16 registers) at 9600 baud.
-    let wire = rtu::exchange_time(8, 5 + 32, 9600);
+    // 8-byte request, 37-byte reply (16 registers) at 9600 baud: the master has the whole
+    // reply after both frames and the silence that ends the request; the silence after the
+    // reply is the master's to keep.
+    let wire = rtu::char_time(8 + 5 + 32, 9600) + rtu::inter_frame_silence(9600);
     assert!(wire > Duration::from_millis(50), "{wire:?}");
     for _ in 0..3 {
         let t = Instant::now();

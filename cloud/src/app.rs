@@ -1,0 +1,403 @@
+//! Assembling the service: the route table with every endpoint and the permission it
+//! needs, the shared state, the fallbacks that keep even unknown routes in the API error
+//! format, and serving with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::middleware::from_fn_with_state;
+
+use crate::auth::jwt::JwtKeys;
+use crate::config::{Config, Secret};
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::http::metrics::{self, Metrics};
+use crate::http::ratelimit::RateLimiter;
+use crate::http::routes::{Access, RouteSpec, RouteTable};
+use crate::rbac::Permission as P;
+use crate::{
+    AppState, auth, enrollment, gateways, health, locks, merchants, openapi, users, venues,
+};
+
+/// Every route the service serves, with who may call it.
+pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
+    use Access::{Authenticated, Infra, Perm, Public};
+    let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
+    RouteTable::new(state)
+        .add(get.clone(), "/health", Infra, health::health)
+        .add(get.clone(), "/metrics", Infra, health::metrics)
+        .add(get.clone(), "/api/openapi.json", Public, openapi::document)
+        // Accounts
+        .add(
+            post.clone(),
+            "/api/v1/auth/login",
+            Public,
+            auth::handlers::login,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/auth/refresh",
+            Public,
+            auth::handlers::refresh,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/auth/logout",
+            Public,
+            auth::handlers::logout,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/auth/password",
+            Authenticated,
+            auth::handlers::change_password,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/me",
+            Authenticated,
+            users::handlers::me,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/me",
+            Authenticated,
+            users::handlers::update_me,
+        )
+        // Merchants (tenants)
+        .add(
+            get.clone(),
+            "/api/v1/merchants",
+            Perm(P::MerchantManage),
+            merchants::handlers::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/merchants",
+            Perm(P::MerchantManage),
+            merchants::handlers::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/merchants/{id}",
+            Perm(P::MerchantManage),
+            merchants::handlers::get,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/merchants/{id}",
+            Perm(P::MerchantManage),
+            merchants::handlers::update,
+        )
+        .add(
+            delete.clone(),
+            "/api/v1/merchants/{id}",
+            Perm(P::MerchantManage),
+            merchants::handlers::delete,
+        )
+        // Venues
+        .add(
+            get.clone(),
+            "/api/v1/venues",
+            Perm(P::VenueRead),
+            venues::handlers::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/venues",
+            Perm(P::VenueWrite),
+            venues::handlers::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/venues/{id}",
+            Perm(P::VenueRead),
+            venues::handlers::get,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/venues/{id}",
+            Perm(P::VenueWrite),
+            venues::handlers::update,
+        )
+        .add(
+            delete.clone(),
+            "/api/v1/venues/{id}",
+            Perm(P::VenueWrite),
+            venues::handlers::delete,
+        )
+        // Gateways
+        .add(
+            get.clone(),
+            "/api/v1/gateways",
+            Perm(P::DeviceRead),
+            gateways::handlers::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/gateways",
+            Perm(P::DeviceWrite),
+            gateways::handlers::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/gateways/{id}",
+            Perm(P::DeviceRead),
+            gateways::handlers::get,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/gateways/{id}",
+            Perm(P::DeviceWrite),
+            gateways::handlers::update,
+        )
+        .add(
+            delete.clone(),
+            "/api/v1/gateways/{id}",
+            Perm(P::DeviceWrite),
+            gateways::handlers::delete,
+        )
+        // Locks
+        .add(
+            get.clone(),
+            "/api/v1/locks",
+            Perm(P::DeviceRead),
+            locks::handlers::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/locks",
+            Perm(P::DeviceWrite),
+            locks::handlers::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/locks/{id}",
+            Perm(P::DeviceRead),
+            locks::handlers::get,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/locks/{id}",
+            Perm(P::DeviceWrite),
+            locks::handlers::update,
+        )
+        .add(
+            delete.clone(),
+            "/api/v1/locks/{id}",
+            Perm(P::DeviceWrite),
+            locks::handlers::delete,
+        )
+        // Users of a merchant
+        .add(
+            get.clone(),
+            "/api/v1/users",
+            Perm(P::UserManage),
+            users::handlers::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/users",
+            Perm(P::UserManage),
+            users::handlers::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/users/{id}",
+            Perm(P::UserManage),
+            users::handlers::get,
+        )
+        .add(
+            patch.clone(),
+            "/api/v1/users/{id}",
+            Perm(P::UserManage),
+            users::handlers::update,
+        )
+        .add(
+            delete.clone(),
+            "/api/v1/users/{id}",
+            Perm(P::UserManage),
+            users::handlers::delete,
+        )
+        // Enrollment codes
+        .add(
+            get.clone(),
+            "/api/v1/enrollment-codes",
+            Perm(P::DeviceRead),
+            enrollment::handlers::list,
+        )
+        .add(
+            post,
+            "/api/v1/enrollment-codes",
+            Perm(P::DeviceWrite),
+            enrollment::handlers::create,
+        )
+        .add(
+            get,
+            "/api/v1/enrollment-codes/{id}",
+            Perm(P::DeviceRead),
+            enrollment::handlers::get,
+        )
+        .add(
+            delete,
+            "/api/v1/enrollment-codes/{id}",
+            Perm(P::DeviceWrite),
+            enrollment::handlers::delete,
+        )
+        .finish()
+}
+
+/// A built service, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    pub router: Router,
+    /// What the router serves (for the OpenAPI and RBAC tests).
+    pub routes: Vec<RouteSpec>,
+    pub state: AppState,
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Connects and migrates the database, then builds the router.
+pub async fn build_app(config: Config) -> anyhow::Result<App> {
+    let db = Db::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+    )
+    .await?;
+    db.migrate().await?;
+    let key: Secret<Vec<u8>> = match &config.auth.jwt_secret {
+        Some(s) => Secret::new(s.expose().as_bytes().to_vec()),
+        None => {
+            let generated = db
+                .shared_secret("jwt_hs256", auth::store::new_refresh_secret)
+                .await?;
+            Secret::new(generated.into_bytes())
+        }
+    };
+    let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
+    let state = AppState {
+        db,
+        jwt: Arc::new(jwt),
+        metrics: Arc::new(Metrics::default()),
+        limiter: Arc::new(RateLimiter::new(config.rate_limit.per_minute)),
+        config: Arc::new(config),
+    };
+    let (router, routes) = routes(state.clone());
+    let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(state.config.server.body_limit_bytes))
+        .with_state(state.clone());
+    Ok(App {
+        router,
+        routes,
+        state,
+    })
+}
+
+/// Serves until `shutdown` resolves, then lets requests in flight finish.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("HTTP server")
+}
+
+/// `dmr-cloud serve`: build, bind, serve until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let app = build_app(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(listen), "listening");
+    let db = app.state.db.clone();
+    // One stop signal fans out to the HTTP server and the background jobs.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let holder = format!("{}:{}", hostname(), std::process::id());
+    let cleanup = tokio::spawn(crate::jobs::run_cleanup(
+        db.clone(),
+        holder,
+        std::time::Duration::from_secs(600),
+        stop_rx.clone(),
+    ));
+    let mut server_stop = stop_rx;
+    let server = serve(app, listener, async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    });
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => {
+            tracing::error!("HTTP server ended on its own");
+            r
+        }
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            server.await
+        }
+    };
+    // Whatever ended first, tell the jobs too.
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), cleanup).await {
+        Ok(Ok(())) => tracing::info!("cleanup job stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),
+        Err(_) => tracing::warn!("cleanup job did not stop within 10 s"),
+    }
+    db.pool.close().await;
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

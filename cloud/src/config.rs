@@ -1,0 +1,560 @@
+//! Typed, validated configuration: built-in defaults, then an optional TOML file, then
+//! `DMR_...` environment variables (and the conventional `DATABASE_URL`). Every bad key is
+//! collected and reported together with its path and where it came from, so an operator
+//! fixes a broken file in one round trip instead of one error at a time. Nothing here opens
+//! a port or a database: `serve` only starts once this has succeeded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Exit status for bad configuration (`EX_CONFIG` from sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A value that must never reach a log line or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    /// The only way to read the value; grep for it to audit where secrets go.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base of links the cloud hands out (QR payloads), without a trailing slash.
+    pub public_base_url: String,
+    pub body_limit_bytes: usize,
+    /// Take the client address for rate limiting from `X-Forwarded-For` (only behind a
+    /// proxy that sets it; otherwise a client could pick its own bucket).
+    pub trust_forwarded_for: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE` or `postgres://...`; may hold a password, hence the wrapper.
+    pub url: Secret<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// HS256 key for access tokens. When absent a random one is generated once and kept in
+    /// the database, so every instance sharing that database agrees on it.
+    pub jwt_secret: Option<Secret<String>>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+    pub login_lockout_secs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimitConfig {
+    /// Requests per client per minute on public and login endpoints.
+    pub per_minute: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    pub log: LogConfig,
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Clone, Debug)]
+enum Origin {
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Raw {
+    Toml(toml::Value),
+    Env(String),
+}
+
+/// One problem with one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found, reported at once.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", render_issues(.0))]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {}: {}", i.path, i.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every key the cloud understands; the environment name is derived from the path
+/// (`auth.access_ttl_secs` -> `DMR_AUTH_ACCESS_TTL_SECS`).
+pub const KEYS: &[&str] = &[
+    "server.listen",
+    "server.public_base_url",
+    "server.body_limit_bytes",
+    "server.trust_forwarded_for",
+    "database.url",
+    "database.max_connections",
+    "auth.jwt_secret",
+    "auth.issuer",
+    "auth.audience",
+    "auth.access_ttl_secs",
+    "auth.refresh_ttl_secs",
+    "auth.login_max_failures",
+    "auth.login_window_secs",
+    "auth.login_lockout_secs",
+    "rate_limit.per_minute",
+    "log.format",
+    "log.filter",
+];
+
+/// The environment variable for a key path.
+pub fn env_name(path: &str) -> String {
+    format!("DMR_{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Loads from the process environment and an optional file.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads from an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut issues = Vec::new();
+        let mut raw: BTreeMap<String, (Origin, Raw)> = BTreeMap::new();
+
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Err(e) => issues.push(ConfigIssue {
+                    path: path.display().to_string(),
+                    message: format!("cannot read config file: {e}"),
+                }),
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Err(e) => issues.push(ConfigIssue {
+                        path: path.display().to_string(),
+                        message: format!("not valid TOML: {e}"),
+                    }),
+                    Ok(table) => flatten(&table, "", path, &mut raw, &mut issues),
+                },
+            }
+        }
+
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        // The conventional variable works too; the DMR_ one wins when both are set.
+        if let Some(url) = env.get("DATABASE_URL") {
+            raw.insert(
+                "database.url".into(),
+                (Origin::Env("DATABASE_URL".into()), Raw::Env(url.clone())),
+            );
+        }
+        for key in KEYS {
+            let name = env_name(key);
+            if let Some(v) = env.get(&name) {
+                raw.insert((*key).into(), (Origin::Env(name), Raw::Env(v.clone())));
+            }
+        }
+
+        let mut r = Reader {
+            raw: &raw,
+            issues: &mut issues,
+        };
+        let config = Config {
+            server: ServerConfig {
+                listen: r.parsed("server.listen", SocketAddr::from(([127, 0, 0, 1], 8080))),
+                public_base_url: r.string("server.public_base_url", "http://127.0.0.1:8080"),
+                body_limit_bytes: r.int("server.body_limit_bytes", 1 << 20, 1024, 64 << 20),
+                trust_forwarded_for: r.boolean("server.trust_forwarded_for", false),
+            },
+            database: DatabaseConfig {
+                url: Secret::new(r.string("database.url", "sqlite://dmr-cloud.db")),
+                max_connections: r.int("database.max_connections", 10, 1, 1000),
+            },
+            auth: AuthConfig {
+                jwt_secret: r.optional_string("auth.jwt_secret").map(Secret::new),
+                issuer: r.string("auth.issuer", "dmr-cloud"),
+                audience: r.string("auth.audience", "dmr-console"),
+                access_ttl_secs: r.int("auth.access_ttl_secs", 900, 10, 86_400),
+                refresh_ttl_secs: r.int("auth.refresh_ttl_secs", 30 * 86_400, 60, 365 * 86_400),
+                login_max_failures: r.int("auth.login_max_failures", 5, 1, 1000),
+                login_window_secs: r.int("auth.login_window_secs", 900, 1, 86_400),
+                login_lockout_secs: r.int("auth.login_lockout_secs", 900, 1, 86_400),
+            },
+            rate_limit: RateLimitConfig {
+                per_minute: r.int("rate_limit.per_minute", 100, 1, 1_000_000),
+            },
+            log: LogConfig {
+                format: r.choice(
+                    "log.format",
+                    LogFormat::Json,
+                    &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
+                ),
+                filter: r.string("log.filter", "info"),
+            },
+        };
+
+        // Cross-field checks, after every key parsed on its own.
+        let url = config.database.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            issues.push(ConfigIssue {
+                path: "database.url".into(),
+                message: "must start with sqlite:, postgres:// or postgresql://".into(),
+            });
+        }
+        if let Some(secret) = &config.auth.jwt_secret
+            && secret.expose().len() < 32
+        {
+            issues.push(ConfigIssue {
+                path: "auth.jwt_secret".into(),
+                message: "must be at least 32 characters".into(),
+            });
+        }
+        let base = &config.server.public_base_url;
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.ends_with('/') {
+            issues.push(ConfigIssue {
+                path: "server.public_base_url".into(),
+                message: "must be an http(s) URL without a trailing slash".into(),
+            });
+        }
+        if config
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            issues.push(ConfigIssue {
+                path: "log.filter".into(),
+                message: "not a valid tracing filter directive".into(),
+            });
+        }
+
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(issues))
+        }
+    }
+}
+
+/// `DMR_` variables that match no key (likely typos), for a warning at start-up. Variables
+/// of the test harness and the `--config` option are not configuration keys.
+pub fn unknown_env_keys(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let known: Vec<String> = KEYS.iter().map(|k| env_name(k)).collect();
+    let mut unknown: Vec<String> = env
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("DMR_"))
+        .filter(|k| !known.contains(k))
+        .filter(|k| k != "DMR_CONFIG" && k != "DMR_REQUIRE_PG" && !k.starts_with("DMR_TEST_"))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+fn flatten(
+    table: &toml::Table,
+    prefix: &str,
+    file: &Path,
+    out: &mut BTreeMap<String, (Origin, Raw)>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => flatten(inner, &path, file, out, issues),
+            _ if KEYS.contains(&path.as_str()) => {
+                out.insert(
+                    path,
+                    (Origin::File(file.to_path_buf()), Raw::Toml(v.clone())),
+                );
+            }
+            _ => issues.push(ConfigIssue {
+                path,
+                message: format!("unknown key (in file {})", file.display()),
+            }),
+        }
+    }
+}
+
+struct Reader<'a> {
+    raw: &'a BTreeMap<String, (Origin, Raw)>,
+    issues: &'a mut Vec<ConfigIssue>,
+}
+
+impl Reader<'_> {
+    fn bad(&mut self, path: &str, origin: &Origin, message: impl fmt::Display) {
+        self.issues.push(ConfigIssue {
+            path: path.into(),
+            message: format!("{message} (from {origin})"),
+        });
+    }
+
+    fn optional_string(&mut self, path: &str) -> Option<String> {
+        let (origin, raw) = self.raw.get(path)?;
+        match raw {
+            Raw::Env(s) => Some(s.clone()),
+            Raw::Toml(toml::Value::String(s)) => Some(s.clone()),
+            Raw::Toml(other) => {
+                self.bad(
+                    path,
+                    origin,
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, path: &str, default: &str) -> String {
+        self.optional_string(path)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, path: &str, fallback: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        let Some((origin, _)) = self.raw.get(path) else {
+            return fallback;
+        };
+        let origin = origin.clone();
+        match self.optional_string(path) {
+            None => fallback,
+            Some(s) => match s.parse::<T>() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.bad(path, &origin, format!("cannot parse {s:?}: {e}"));
+                    fallback
+                }
+            },
+        }
+    }
+
+    fn int<T: TryFrom<i64> + Copy>(&mut self, path: &str, default: T, min: i64, max: i64) -> T {
+        let Some((origin, raw)) = self.raw.get(path) else {
+            return default;
+        };
+        let origin = origin.clone();
+        let value: Result<i64, String> = match raw {
+            Raw::Toml(toml::Value::Integer(i)) => Ok(*i),
+            Raw::Toml(other) => Err(format!("expected an integer, found {}", other.type_str())),
+            Raw::Env(s) => s
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("expected an integer, found {s:?}")),
+        };
+        match value {
+            Err(e) => {
+                self.bad(path, &origin, e);
+                default
+            }
+            Ok(v) if v < min || v > max => {
+                self.bad(path, &origin, format!("{v} is outside {min}..={max}"));
+                default
+            }
+            Ok(v) => T::try_from(v).unwrap_or(default),
+        }
+    }
+
+    fn boolean(&mut self, path: &str, default: bool) -> bool {
+        let Some((origin, raw)) = self.raw.get(path) else {
+            return default;
+        };
+        let origin = origin.clone();
+        match raw {
+            Raw::Toml(toml::Value::Boolean(b)) => *b,
+            Raw::Env(s) if s == "true" || s == "1" => true,
+            Raw::Env(s) if s == "false" || s == "0" => false,
+            Raw::Toml(other) => {
+                let t = other.type_str();
+                self.bad(path, &origin, format!("expected true or false, found {t}"));
+                default
+            }
+            Raw::Env(s) => {
+                let s = s.clone();
+                self.bad(
+                    path,
+                    &origin,
+                    format!("expected true or false, found {s:?}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, path: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some((origin, _)) = self.raw.get(path) else {
+            return default;
+        };
+        let origin = origin.clone();
+        let Some(s) = self.optional_string(path) else {
+            return default;
+        };
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, v)) => *v,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.bad(path, &origin, format!("{s:?} is not one of {names:?}"));
+                default
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.rate_limit.per_minute, 100);
+        assert_eq!(c.database.url.expose(), "sqlite://dmr-cloud.db");
+    }
+
+    #[test]
+    fn env_overrides_file_and_every_bad_key_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"nope\"\nbody_limit_bytes = \"big\"\n[auth]\naccess_ttl_secs = 5\nbogus = 1\n[rate_limit]\nper_minute = 7\n",
+        )
+        .unwrap();
+        let err = Config::load_from(
+            Some(&file),
+            env(&[
+                ("DMR_LOG_FORMAT", "xml"),
+                ("DMR_RATE_LIMIT_PER_MINUTE", "9"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "server.listen",
+            "server.body_limit_bytes",
+            "auth.access_ttl_secs",
+            "auth.bogus",
+            "log.format",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        assert_eq!(err.0.len(), 5, "{err}");
+
+        std::fs::write(&file, "[rate_limit]\nper_minute = 7\n").unwrap();
+        let c = Config::load_from(Some(&file), env(&[("DMR_RATE_LIMIT_PER_MINUTE", "9")])).unwrap();
+        assert_eq!(c.rate_limit.per_minute, 9);
+        let c = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(c.rate_limit.per_minute, 7);
+    }
+
+    #[test]
+    fn unknown_env_keys_are_found() {
+        let found = unknown_env_keys(env(&[
+            ("DMR_DATABSE_URL", "x"),
+            ("DMR_DATABASE_URL", "x"),
+            ("DMR_TEST_DATABASE_URL", "x"),
+            ("HOME", "/root"),
+        ]));
+        assert_eq!(found, vec!["DMR_DATABSE_URL".to_string()]);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://u:hunter2hunter2@h/db"),
+                (
+                    "DMR_AUTH_JWT_SECRET",
+                    "0123456789abcdef0123456789abcdef-s3cr3t",
+                ),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn short_jwt_secret_and_bad_url_are_refused() {
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("DMR_AUTH_JWT_SECRET", "short"),
+                ("DMR_DATABASE_URL", "mysql://x"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(!err.to_string().contains("short"));
+    }
+}

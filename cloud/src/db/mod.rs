@@ -1,0 +1,193 @@
+//! The database: one `sqlx` Any pool that talks to SQLite (the default, a file created and
+//! migrated on first start, in WAL mode) or PostgreSQL, with the same SQL on both. The SQL
+//! stays portable by convention: text UUIDs, BIGINT fen and Unix milliseconds, JSON as TEXT,
+//! `$n` placeholders (SQLite accepts them too), no booleans, no backend-only functions.
+//! Migrations are append-only numbered files under `cloud/migrations/`, embedded in the
+//! binary.
+
+pub mod lease;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor as _};
+
+/// What `backup` says for PostgreSQL, whose own tool does this job properly.
+pub const PG_BACKUP_HINT: &str = "backup --to only copies SQLite databases; for PostgreSQL use \
+     pg_dump (e.g. `pg_dump --format=custom --file=FILE \"$DATABASE_URL\"`)";
+
+/// Which engine a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> anyhow::Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            bail!("unsupported database URL scheme (use sqlite: or postgres://)")
+        }
+    }
+}
+
+/// A pool plus the knowledge of which engine sits behind it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// The embedded migrations (see `build.rs` for why edits to them trigger a rebuild).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Milliseconds since the Unix epoch: the one time format in the database.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A new random id in the canonical text form.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Db {
+    /// Opens the pool. SQLite files are created when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+        install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers work while one writer commits; busy_timeout makes a
+                    // second writer wait instead of failing with SQLITE_BUSY.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the {backend:?} database"))?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Applies every embedded migration that has not run yet.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying database migrations")
+    }
+
+    /// Checks the database answers (for `/health`).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let one: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)")
+            .fetch_one(&self.pool)
+            .await
+            .context("database ping")?;
+        if one != 1 {
+            bail!("database ping answered {one}");
+        }
+        Ok(())
+    }
+
+    /// An online, consistent copy of a SQLite database in a new file (`VACUUM INTO`).
+    /// PostgreSQL has its own tool for this, so that case is an error that says so.
+    pub async fn backup_to(&self, target: &Path) -> anyhow::Result<()> {
+        if self.backend != Backend::Sqlite {
+            bail!("{PG_BACKUP_HINT}");
+        }
+        if target.exists() {
+            bail!(
+                "{} already exists; refusing to overwrite a backup",
+                target.display()
+            );
+        }
+        let target_text = target
+            .to_str()
+            .context("backup path is not valid UTF-8")?
+            .to_string();
+        sqlx::query("VACUUM INTO $1")
+            .bind(target_text)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("VACUUM INTO {}", target.display()))?;
+        Ok(())
+    }
+
+    /// A value from `app_secrets`, created from `make` on first use. The insert races
+    /// harmlessly between instances: `ON CONFLICT DO NOTHING`, then everyone reads the winner.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> anyhow::Result<String> {
+        sqlx::query(
+            "INSERT INTO app_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.to_string())
+        .bind(make())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .context("storing a generated secret")?;
+        let v: String = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .context("reading a generated secret")?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_migrations_are_the_files_on_disk() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<_> = MIGRATOR.iter().collect();
+        assert_eq!(embedded.len(), files.len());
+        for (m, f) in embedded.iter().zip(&files) {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert_eq!(
+                m.sql.as_str(),
+                text.as_str(),
+                "{} is stale in the binary",
+                f.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The OpenAPI 3.1 document served at `/api/openapi.json`. It is written by hand, apart
+//! from the route table, on purpose: a test compares the two in both directions, so a
+//! route added without documentation (or documentation for a route that is gone) fails
+//! the build instead of drifting.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn json_body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn ok(schema: &str, status: &str) -> Value {
+    json!({ status: { "description": "success", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } } })
+}
+
+/// Standard operation: summary, permission note, success response, error responses.
+fn op(summary: &str, permission: Option<&str>, success: Value, body: Option<&str>) -> Value {
+    let mut responses = success;
+    if let Some(map) = responses.as_object_mut() {
+        map.insert("400".into(), error_response("malformed request"));
+        map.insert(
+            "422".into(),
+            error_response("validation failed (details.field names the field)"),
+        );
+        if permission.is_some() {
+            map.insert(
+                "401".into(),
+                error_response("missing or invalid access token"),
+            );
+            map.insert("403".into(), error_response("role lacks the permission"));
+            map.insert(
+                "404".into(),
+                error_response("no such object in your tenant"),
+            );
+        }
+        map.insert("429".into(), error_response("rate limited"));
+    }
+    let mut o = json!({ "summary": summary, "responses": responses });
+    if let Some(p) = permission {
+        o["security"] = json!([{ "bearer": [] }]);
+        if !p.is_empty() {
+            o["x-permission"] = json!(p);
+        }
+    }
+    if let Some(b) = body {
+        o["requestBody"] = json_body(b);
+    }
+    o
+}
+
+fn list_params(extra: &[&str]) -> Value {
+    let mut params = vec![
+        json!({ "name": "page", "in": "query", "schema": { "type": "integer", "minimum": 1 } }),
+        json!({ "name": "per_page", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200 } }),
+        json!({ "name": "sort", "in": "query", "schema": { "type": "string" }, "description": "a sort key, prefixed with - for descending" }),
+    ];
+    for e in extra {
+        params.push(json!({ "name": e, "in": "query", "schema": { "type": "string" } }));
+    }
+    Value::Array(params)
+}
+
+fn id_param() -> Value {
+    json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }])
+}
+
+/// A collection (list + create) and an item (get, update, delete) of one resource.
+fn resource(
+    paths: &mut serde_json::Map<String, Value>,
+    base: &str,
+    name: &str,
+    read: &str,
+    write: &str,
+    filters: &[&str],
+    updatable: bool,
+) {
+    let mut list = op(
+        &format!("List {name}s"),
+        Some(read),
+        ok(&format!("{name}Page"), "200"),
+        None,
+    );
+    list["parameters"] = list_params(filters);
+    paths.insert(
+        base.to_string(),
+        json!({
+            "get": list,
+            "post": op(&format!("Create a {name}"), Some(write), ok(name, "201"), Some(&format!("Create{name}"))),
+        }),
+    );
+    let mut item = json!({
+        "parameters": id_param(),
+        "get": op(&format!("Get a {name}"), Some(read), ok(name, "200"), None),
+        "delete": op(&format!("Delete (soft) a {name}"), Some(write), json!({ "204": { "description": "deleted" } }), None),
+    });
+    if updatable {
+        item["patch"] = op(
+            &format!("Update a {name}"),
+            Some(write),
+            ok(name, "200"),
+            Some(&format!("Update{name}")),
+        );
+    }
+    paths.insert(format!("{base}/{{id}}"), item);
+}
+
+fn obj(props: Value, required: &[&str]) -> Value {
+    json!({ "type": "object", "additionalProperties": false, "properties": props, "required": required })
+}
+
+fn page_of(item: &str) -> Value {
+    json!({ "type": "object", "properties": {
+        "items": { "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } },
+        "page": { "type": "integer" }, "per_page": { "type": "integer" }, "total": { "type": "integer" } } })
+}
+
+/// Builds the document.
+pub fn spec() -> Value {
+    let mut paths = serde_json::Map::new();
+    paths.insert("/health".into(), json!({ "get": {
+        "summary": "Liveness and dependency check (database)",
+        "responses": { "200": { "description": "healthy" }, "503": { "description": "a dependency is down" } } } }));
+    paths.insert(
+        "/metrics".into(),
+        json!({ "get": {
+        "summary": "Prometheus metrics (text format)",
+        "responses": { "200": { "description": "metrics", "content": { "text/plain": {} } } } } }),
+    );
+    paths.insert("/api/openapi.json".into(), json!({ "get": {
+        "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1 document" } } } }));
+    paths.insert("/api/v1/auth/login".into(), json!({ "post":
+        op("Log in with username or phone and password", None, ok("Tokens", "200"), Some("Login")) }));
+    paths.insert("/api/v1/auth/refresh".into(), json!({ "post":
+        op("Trade a refresh token for new tokens (the old one is spent; reuse revokes the login)", None, ok("Tokens", "200"), Some("RefreshToken")) }));
+    paths.insert("/api/v1/auth/logout".into(), json!({ "post":
+        op("End the login a refresh token belongs to", None, json!({ "204": { "description": "logged out" } }), Some("RefreshToken")) }));
+    paths.insert("/api/v1/auth/password".into(), json!({ "post":
+        op("Change your password (ends every session)", Some(""), json!({ "204": { "description": "changed" } }), Some("ChangePassword")) }));
+    paths.insert(
+        "/api/v1/me".into(),
+        json!({
+        "get": op("Who am I", Some(""), ok("User", "200"), None),
+        "patch": op("Update your own profile", Some(""), ok("User", "200"), Some("UpdateMe")) }),
+    );
+    resource(
+        &mut paths,
+        "/api/v1/merchants",
+        "Merchant",
+        "merchant:manage",
+        "merchant:manage",
+        &["q", "status"],
+        true,
+    );
+    resource(
+        &mut paths,
+        "/api/v1/venues",
+        "Venue",
+        "venue:read",
+        "venue:write",
+        &["q", "merchant_id"],
+        true,
+    );
+    resource(
+        &mut paths,
+        "/api/v1/gateways",
+        "Gateway",
+        "device:read",
+        "device:write",
+        &["q", "merchant_id", "venue_id", "status"],
+        true,
+    );
+    resource(
+        &mut paths,
+        "/api/v1/locks",
+        "Lock",
+        "device:read",
+        "device:write",
+        &["q", "merchant_id", "venue_id", "gateway_id", "status"],
+        true,
+    );
+    resource(
+        &mut paths,
+        "/api/v1/users",
+        "User",
+        "user:manage",
+        "user:manage",
+        &["q", "merchant_id", "role"],
+        true,
+    );
+    resource(
+        &mut paths,
+        "/api/v1/enrollment-codes",
+        "EnrollmentCode",
+        "device:read",
+        "device:write",
+        &["merchant_id", "venue_id"],
+        false,
+    );
+
+    let s = |t: &str| json!({ "type": t });
+    let ns = json!({ "type": ["string", "null"] });
+    let ni = json!({ "type": ["integer", "null"] });
+    let plan_in = obj(
+        json!({ "name": s("string"), "duration_minutes": { "type": "integer", "minimum": 1 }, "price_fen": { "type": "integer", "minimum": 1 } }),
+        &["name", "duration_minutes", "price_fen"],
+    );
+    let schemas = json!({
+        "Error": { "type": "object", "properties": { "error": obj(json!({
+            "code": s("string"), "message": s("string"), "details": {} }), &["code", "message", "details"]) }, "required": ["error"] },
+        "Login": obj(json!({ "login": s("string"), "password": s("string") }), &["login", "password"]),
+        "RefreshToken": obj(json!({ "refresh_token": s("string") }), &["refresh_token"]),
+        "ChangePassword": obj(json!({ "current_password": s("string"), "new_password": { "type": "string", "minLength": 8 } }), &["current_password", "new_password"]),
+        "Tokens": { "type": "object", "properties": {
+            "access_token": s("string"), "token_type": s("string"), "expires_in": s("integer"),
+            "refresh_token": s("string"), "refresh_expires_in": s("integer"), "user": { "$ref": "#/components/schemas/User" } } },
+        "User": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": ns, "username": s("string"), "phone": ns, "display_name": s("string"),
+            "role": { "enum": ["platform_admin", "merchant_owner", "merchant_staff", "technician"] },
+            "created_at": s("integer"), "updated_at": s("integer") } },
+        "CreateUser": obj(json!({ "username": s("string"), "password": s("string"), "display_name": s("string"),
+            "role": s("string"), "phone": ns, "merchant_id": { "type": ["string", "null"], "description": "platform admins only" } }),
+            &["username", "password", "display_name", "role"]),
+        "UpdateUser": obj(json!({ "display_name": s("string"), "phone": s("string"), "password": s("string") }), &[]),
+        "UpdateMe": obj(json!({ "display_name": s("string"), "phone": s("string") }), &[]),
+        "UserPage": page_of("User"),
+        "Merchant": { "type": "object", "properties": {
+            "id": s("string"), "name": s("string"), "contact_phone": ns,
+            "commission_bp": { "type": "integer", "minimum": 0, "maximum": 10000 },
+            "status": { "enum": ["active", "suspended"] }, "created_at": s("integer"), "updated_at": s("integer") } },
+        "CreateMerchant": obj(json!({ "name": s("string"), "contact_phone": ns, "commission_bp": { "type": "integer", "minimum": 0, "maximum": 10000 } }), &["name", "commission_bp"]),
+        "UpdateMerchant": obj(json!({ "name": s("string"), "contact_phone": s("string"), "commission_bp": { "type": "integer", "minimum": 0, "maximum": 10000 }, "status": { "enum": ["active", "suspended"] } }), &[]),
+        "MerchantPage": page_of("Merchant"),
+        "Venue": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "name": s("string"), "address": s("string"),
+            "created_at": s("integer"), "updated_at": s("integer") } },
+        "CreateVenue": obj(json!({ "name": s("string"), "address": s("string"), "merchant_id": { "type": "string", "description": "platform admins only" } }), &["name"]),
+        "UpdateVenue": obj(json!({ "name": s("string"), "address": s("string") }), &[]),
+        "VenuePage": page_of("Venue"),
+        "Gateway": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"), "name": s("string"),
+            "status": { "enum": ["pending", "enrolled", "retired"] }, "public_key": ns, "enrolled_at": ni, "last_seen_at": ni,
+            "created_at": s("integer"), "updated_at": s("integer") } },
+        "CreateGateway": obj(json!({ "venue_id": s("string"), "name": s("string") }), &["venue_id", "name"]),
+        "UpdateGateway": obj(json!({ "venue_id": s("string"), "name": s("string") }), &[]),
+        "GatewayPage": page_of("Gateway"),
+        "PricePlanInput": plan_in,
+        "PricePlan": { "type": "object", "properties": { "id": s("string"), "name": s("string"), "duration_minutes": s("integer"), "price_fen": s("integer") } },
+        "Lock": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"), "gateway_id": s("string"),
+            "name": s("string"), "device_code": s("string"), "bus_address": { "type": "integer", "minimum": 1, "maximum": 247 },
+            "qr_code": s("string"), "qr_payload": s("string"), "status": { "enum": ["unknown", "online", "offline", "disabled"] },
+            "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlan" } },
+            "created_at": s("integer"), "updated_at": s("integer") } },
+        "CreateLock": obj(json!({ "gateway_id": s("string"), "device_code": s("string"),
+            "bus_address": { "type": "integer", "minimum": 1, "maximum": 247 }, "name": s("string"),
+            "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlanInput" } } }),
+            &["gateway_id", "device_code", "bus_address"]),
+        "UpdateLock": obj(json!({ "gateway_id": s("string"), "bus_address": { "type": "integer", "minimum": 1, "maximum": 247 },
+            "name": s("string"), "status": { "enum": ["disabled", "unknown"] },
+            "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlanInput" } } }), &[]),
+        "LockPage": page_of("Lock"),
+        "EnrollmentCode": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"),
+            "status": { "enum": ["active", "used", "expired"] }, "expires_at": s("integer"), "used_at": ni,
+            "used_by_gateway": ns, "created_by": s("string"), "created_at": s("integer"),
+            "code": { "type": "string", "description": "only in the create response" } } },
+        "CreateEnrollmentCode": obj(json!({ "venue_id": s("string"), "ttl_minutes": { "type": "integer", "minimum": 1, "maximum": 10080 } }), &["venue_id"]),
+        "EnrollmentCodePage": page_of("EnrollmentCode"),
+    });
+
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Dumeiren cloud API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Console API of dmr-cloud. Errors are always {\"error\":{\"code\",\"message\",\"details\"}}. Times are Unix milliseconds, money is fen." },
+        "paths": Value::Object(paths),
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
+            "schemas": schemas,
+        },
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}

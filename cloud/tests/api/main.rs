@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Integration tests: the real app, in-process, on a free port, against SQLite and (when
+//! DMR_TEST_DATABASE_URL is set) PostgreSQL. One binary so the app links once.
+
+mod auth;
+mod cli;
+mod common;
+mod errors;
+mod leases;
+mod openapi;
+mod rbac;
+mod resources;
