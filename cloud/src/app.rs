@@ -260,10 +260,6 @@ pub struct App {
     pub state: AppState,
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
@@ -295,7 +291,7 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
     };
     let (router, routes) = routes(state.clone());
     let router = router
-        .fallback(not_found)
+        .fallback(crate::web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.server.body_limit_bytes))

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// Take the client address for rate limiting from `X-Forwarded-For` (only behind a
     /// proxy that sets it; otherwise a client could pick its own bucket).
     pub trust_forwarded_for: bool,
+    /// The built front end (`cloud/web/dist`) to serve at `/` and `/h5/`; without it the
+    /// process serves the API alone.
+    pub web_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +145,7 @@ pub const KEYS: &[&str] = &[
     "server.public_base_url",
     "server.body_limit_bytes",
     "server.trust_forwarded_for",
+    "server.web_dir",
     "database.url",
     "database.max_connections",
     "auth.jwt_secret",
@@ -217,6 +221,7 @@ impl Config {
                 public_base_url: r.string("server.public_base_url", "http://127.0.0.1:8080"),
                 body_limit_bytes: r.int("server.body_limit_bytes", 1 << 20, 1024, 64 << 20),
                 trust_forwarded_for: r.boolean("server.trust_forwarded_for", false),
+                web_dir: r.optional_string("server.web_dir").map(PathBuf::from),
             },
             database: DatabaseConfig {
                 url: Secret::new(r.string("database.url", "sqlite://dmr-cloud.db")),
@@ -269,6 +274,18 @@ impl Config {
             issues.push(ConfigIssue {
                 path: "server.public_base_url".into(),
                 message: "must be an http(s) URL without a trailing slash".into(),
+            });
+        }
+        if let Some(dir) = &config.server.web_dir
+            && (!dir.join("index.html").is_file() || !dir.join("h5").join("index.html").is_file())
+        {
+            issues.push(ConfigIssue {
+                path: "server.web_dir".into(),
+                message: format!(
+                    "{} has no index.html and h5/index.html; build the front end \
+                     (cd cloud/web && npm ci && npm run build) or unset the key",
+                    dir.display()
+                ),
             });
         }
         if config

@@ -33,6 +33,7 @@ pub mod openapi;
 pub mod rbac;
 pub mod users;
 pub mod venues;
+pub mod web;
 
 use std::sync::Arc;
 

@@ -10,3 +10,4 @@ mod leases;
 mod openapi;
 mod rbac;
 mod resources;
+mod web;
