@@ -1,0 +1,153 @@
+//! Cloud commands: verify, drop duplicates, apply, answer with a signed ack.
+//!
+//! A command is opened on the store thread ([`super::store::Db::open_command`]): signature
+//! by a trusted cloud key, addressed to this gateway, not past `exp_ms` by trusted time, id
+//! not seen before (QoS 1 redelivers). Its `ts` moves the trusted-time anchor. Then:
+//! `unlock` goes through the one unlock path; `tokens.put`, `tokens.revoke` and `config.set`
+//! change state idempotently (re-applying the same version changes nothing); `sync` asks the
+//! link to republish the outbox now (HTTP sync with the cloud is not built yet). Every opened
+//! command is answered on the ack topic; the ack goes through the outbox like any event, so
+//! it survives a broken link. A message that does not verify gets no ack: its id cannot be
+//! trusted, and answering forgeries would let a broker make us talk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmr_protocol::message::{Ack, Command, Message, Presenter, ResultCode};
+use dmr_protocol::topic::TopicKind;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::store::Store;
+use super::unlock::Unlocker;
+
+/// What the handler needs.
+#[derive(Debug, Clone)]
+pub struct CommandDeps {
+    pub store: Store,
+    pub unlocker: Unlocker,
+    pub kick: Arc<Notify>,
+    pub heartbeat: watch::Sender<Duration>,
+}
+
+/// Handles commands until the channel closes or `shutdown`.
+pub async fn run(
+    deps: CommandDeps,
+    mut rx: mpsc::Receiver<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let payload = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            p = rx.recv() => match p {
+                Some(p) => p,
+                // No link (none configured, or it stopped): nothing more will arrive.
+                None => {
+                    shutdown.cancelled().await;
+                    return Ok(());
+                }
+            },
+        };
+        handle(&deps, payload).await;
+    }
+}
+
+/// Handles one command payload (a compact JWS). Returns the ack result, if one was sent.
+pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
+    let started = Instant::now();
+    let opened = deps.store.call(move |db| db.open_command(&payload)).await;
+    let env = match opened {
+        Ok(Ok(Some(env))) => env,
+        Ok(Ok(None)) => {
+            tracing::debug!("duplicate command dropped");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "command refused");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store stopped");
+            return None;
+        }
+    };
+    let Message::Cmd(cmd) = &env.message else {
+        return None;
+    };
+    let op = cmd.op();
+    let result = match cmd.clone() {
+        Command::Unlock { token } => deps.unlocker.present(&token, Presenter::Cloud).await.result,
+        Command::TokensPut { tokens } => {
+            match deps.store.call(move |db| db.put_tokens(&tokens)).await {
+                Ok(Ok((stored, bad))) => {
+                    if bad > 0 {
+                        tracing::warn!(
+                            stored,
+                            bad,
+                            "tokens.put carried entries that are not tokens"
+                        );
+                    }
+                    if stored == 0 && bad > 0 {
+                        ResultCode::BadCommand
+                    } else {
+                        ResultCode::Ok
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot cache tokens");
+                    ResultCode::StorageError
+                }
+                Err(_) => ResultCode::StorageError,
+            }
+        }
+        Command::TokensRevoke { token_ids, version } => {
+            match deps
+                .store
+                .call(move |db| db.revoke(&token_ids, version))
+                .await
+            {
+                Ok(Ok(code)) => code,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot store revocations");
+                    ResultCode::StorageError
+                }
+                Err(_) => ResultCode::StorageError,
+            }
+        }
+        Command::ConfigSet(cs) => match deps.store.call(move |db| db.config_set(&cs)).await {
+            Ok(Ok(applied)) => {
+                if let Some(h) = applied.config.and_then(|c| c.heartbeat_interval_s) {
+                    let _ = deps
+                        .heartbeat
+                        .send(Duration::from_secs(u64::from(h.max(1))));
+                }
+                applied.result
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot store settings");
+                ResultCode::StorageError
+            }
+            Err(_) => ResultCode::StorageError,
+        },
+        Command::Sync {} => {
+            deps.kick.notify_one();
+            ResultCode::Ok
+        }
+    };
+    let ack = Ack {
+        cmd: env.id,
+        result,
+        latency_ms: started.elapsed().as_millis() as u64,
+    };
+    match deps
+        .store
+        .call(move |db| db.append(TopicKind::Ack, None, Message::Ack(ack)))
+        .await
+    {
+        Ok(Ok(_)) => deps.kick.notify_one(),
+        Ok(Err(e)) => tracing::error!(error = %e, op, "cannot queue the ack"),
+        Err(e) => tracing::error!(error = %e, op, "store stopped"),
+    }
+    tracing::info!(op, cmd = %env.id, result = result.as_str(), "command applied");
+    Some(result)
+}

@@ -1,0 +1,370 @@
+//! Health signals, each derived from what the agent observed, never set by hand:
+//!
+//! - cloud link: up from the broker's CONNACK until the event loop reports an error;
+//! - bus link, per lock: up while polls are answered, down after `offline_after` failures
+//!   in a row (the same rule that raises `lock_offline`);
+//! - lock state, per lock: from the last answered poll (door, latch, alarms).
+//!
+//! Plus counters for unlock results and latency. [`Health::status`] makes the snapshot that
+//! `/status`, `dmr-agent status`, heartbeats and `/metrics` show. The mutexes here are held
+//! only to copy a few fields in or out, never across an await.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use dmr_protocol::message::{LockStatus, ResultCode};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::locks::LockSnapshot;
+use super::store::OutboxStats;
+
+#[derive(Debug, Default)]
+struct Cloud {
+    up: bool,
+    connects: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct LockHealth {
+    bus: usize,
+    addr: u8,
+    failures: u32,
+    polled: bool,
+    online: bool,
+    last_error: Option<String>,
+    snapshot: Option<LockSnapshot>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    unlocks: BTreeMap<&'static str, u64>,
+    latency_us_sum: u64,
+    latency_count: u64,
+}
+
+/// Shared health state.
+#[derive(Debug)]
+pub struct Health {
+    gateway_id: Uuid,
+    started: Instant,
+    offline_after: u32,
+    cloud: Mutex<Cloud>,
+    locks: Mutex<BTreeMap<Uuid, LockHealth>>,
+    counters: Mutex<Counters>,
+}
+
+/// One lock in the status snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LockReport {
+    pub lock_id: Uuid,
+    pub bus: usize,
+    pub addr: u8,
+    /// "up", "down", or "unknown" before the first poll.
+    pub bus_link: &'static str,
+    /// "ok", "unknown", or the active alarms joined by commas.
+    pub lock_state: String,
+    pub door_closed: Option<bool>,
+    pub locked: Option<bool>,
+    pub fw: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub gateway_id: Uuid,
+    pub uptime_s: u64,
+    /// "up" or "down".
+    pub cloud_link: &'static str,
+    pub cloud_connects: u64,
+    pub cloud_last_error: Option<String>,
+    pub outbox_pending: u64,
+    pub outbox_oldest_age_s: Option<u64>,
+    pub locks: Vec<LockReport>,
+    pub unlocks: BTreeMap<String, u64>,
+}
+
+/// A transition the monitor must turn into an alarm event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    WentOffline,
+    CameOnline,
+}
+
+impl Health {
+    /// Health for these locks (`(lock_id, bus, addr)`).
+    pub fn new(gateway_id: Uuid, offline_after: u32, locks: &[(Uuid, usize, u8)]) -> Self {
+        Health {
+            gateway_id,
+            started: Instant::now(),
+            offline_after: offline_after.max(1),
+            cloud: Mutex::new(Cloud::default()),
+            locks: Mutex::new(
+                locks
+                    .iter()
+                    .map(|(id, bus, addr)| {
+                        (
+                            *id,
+                            LockHealth {
+                                bus: *bus,
+                                addr: *addr,
+                                failures: 0,
+                                polled: false,
+                                online: true,
+                                last_error: None,
+                                snapshot: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            counters: Mutex::new(Counters::default()),
+        }
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The broker accepted our connection.
+    pub fn cloud_connected(&self) {
+        if let Ok(mut c) = self.cloud.lock() {
+            c.up = true;
+            c.connects += 1;
+        }
+    }
+
+    /// The link failed or was torn down.
+    pub fn cloud_lost(&self, why: &str) {
+        if let Ok(mut c) = self.cloud.lock() {
+            c.up = false;
+            c.last_error = Some(why.chars().take(300).collect());
+        }
+    }
+
+    /// Whether the cloud link is up.
+    pub fn cloud_up(&self) -> bool {
+        self.cloud.lock().map(|c| c.up).unwrap_or(false)
+    }
+
+    /// A poll answered; returns `CameOnline` if the lock had been declared offline.
+    pub fn poll_ok(&self, lock_id: Uuid, snap: LockSnapshot) -> Option<Transition> {
+        let mut locks = self.locks.lock().ok()?;
+        let l = locks.get_mut(&lock_id)?;
+        l.failures = 0;
+        l.polled = true;
+        l.last_error = None;
+        l.snapshot = Some(snap);
+        if !l.online {
+            l.online = true;
+            return Some(Transition::CameOnline);
+        }
+        None
+    }
+
+    /// A poll failed; returns `WentOffline` when this failure crosses the threshold.
+    pub fn poll_failed(&self, lock_id: Uuid, why: &str) -> Option<Transition> {
+        let mut locks = self.locks.lock().ok()?;
+        let l = locks.get_mut(&lock_id)?;
+        l.failures = l.failures.saturating_add(1);
+        l.polled = true;
+        l.last_error = Some(why.chars().take(300).collect());
+        if l.online && l.failures >= self.offline_after {
+            l.online = false;
+            return Some(Transition::WentOffline);
+        }
+        None
+    }
+
+    /// Counts an unlock result and its latency.
+    pub fn record_unlock(&self, result: ResultCode, latency_us: u64) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.unlocks.entry(result.as_str()).or_insert(0) += 1;
+            c.latency_us_sum += latency_us;
+            c.latency_count += 1;
+        }
+    }
+
+    /// Locks for a heartbeat.
+    pub fn lock_statuses(&self) -> Vec<LockStatus> {
+        let Ok(locks) = self.locks.lock() else {
+            return Vec::new();
+        };
+        locks
+            .iter()
+            .map(|(id, l)| LockStatus {
+                lock_id: *id,
+                addr: l.addr,
+                online: l.online && l.polled && l.failures == 0,
+                door_closed: l.snapshot.as_ref().is_some_and(|s| s.inputs.door_closed),
+                locked: l.snapshot.as_ref().is_some_and(|s| s.inputs.latch_locked),
+                fw: l
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.fw.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The full snapshot, with the outbox figures supplied by the caller (from the store).
+    pub fn status(&self, outbox: OutboxStats, now_ms: u64) -> StatusReport {
+        let (up, connects, last_error) = self
+            .cloud
+            .lock()
+            .map(|c| (c.up, c.connects, c.last_error.clone()))
+            .unwrap_or((false, 0, None));
+        let locks = self
+            .locks
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, l)| {
+                        let bus_link = if !l.polled {
+                            "unknown"
+                        } else if l.online && l.failures == 0 {
+                            "up"
+                        } else {
+                            "down"
+                        };
+                        let lock_state = match &l.snapshot {
+                            None => "unknown".to_string(),
+                            Some(s) => {
+                                let mut alarms = Vec::new();
+                                if s.inputs.forced_open {
+                                    alarms.push("forced_open");
+                                }
+                                if s.inputs.tamper {
+                                    alarms.push("tamper");
+                                }
+                                if s.inputs.fault {
+                                    alarms.push("jam");
+                                }
+                                if matches!(
+                                    s.last_error,
+                                    Some(dmr_protocol::registers::LastError::LowVoltage)
+                                ) {
+                                    alarms.push("low_voltage");
+                                }
+                                if alarms.is_empty() {
+                                    "ok".to_string()
+                                } else {
+                                    alarms.join(",")
+                                }
+                            }
+                        };
+                        LockReport {
+                            lock_id: *id,
+                            bus: l.bus,
+                            addr: l.addr,
+                            bus_link,
+                            lock_state,
+                            door_closed: l.snapshot.as_ref().map(|s| s.inputs.door_closed),
+                            locked: l.snapshot.as_ref().map(|s| s.inputs.latch_locked),
+                            fw: l.snapshot.as_ref().and_then(|s| s.fw.clone()),
+                            last_error: l.last_error.clone(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unlocks = self
+            .counters
+            .lock()
+            .map(|c| {
+                c.unlocks
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        StatusReport {
+            gateway_id: self.gateway_id,
+            uptime_s: self.uptime_s(),
+            cloud_link: if up { "up" } else { "down" },
+            cloud_connects: connects,
+            cloud_last_error: last_error,
+            outbox_pending: outbox.pending,
+            outbox_oldest_age_s: outbox.oldest_ms.map(|o| now_ms.saturating_sub(o) / 1000),
+            locks,
+            unlocks,
+        }
+    }
+
+    /// Prometheus text exposition of a snapshot.
+    pub fn metrics(&self, s: &StatusReport) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_cloud_link_up 1 when the MQTT link to the cloud is connected.\n# TYPE dmr_agent_cloud_link_up gauge\ndmr_agent_cloud_link_up {}",
+            u8::from(s.cloud_link == "up")
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_cloud_connects_total Successful MQTT connections since start.\n# TYPE dmr_agent_cloud_connects_total counter\ndmr_agent_cloud_connects_total {}",
+            s.cloud_connects
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_outbox_pending Events waiting in the outbox.\n# TYPE dmr_agent_outbox_pending gauge\ndmr_agent_outbox_pending {}",
+            s.outbox_pending
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_outbox_oldest_age_seconds Age of the oldest waiting event (0 when empty).\n# TYPE dmr_agent_outbox_oldest_age_seconds gauge\ndmr_agent_outbox_oldest_age_seconds {}",
+            s.outbox_oldest_age_s.unwrap_or(0)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_bus_link_up 1 while the lock answers polls.\n# TYPE dmr_agent_bus_link_up gauge"
+        );
+        for l in &s.locks {
+            let _ = writeln!(
+                o,
+                "dmr_agent_bus_link_up{{lock_id=\"{}\",addr=\"{}\"}} {}",
+                l.lock_id,
+                l.addr,
+                u8::from(l.bus_link == "up")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_lock_ok 1 when the lock's last poll showed no alarm.\n# TYPE dmr_agent_lock_ok gauge"
+        );
+        for l in &s.locks {
+            let _ = writeln!(
+                o,
+                "dmr_agent_lock_ok{{lock_id=\"{}\",addr=\"{}\"}} {}",
+                l.lock_id,
+                l.addr,
+                u8::from(l.lock_state == "ok")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_unlocks_total Presented tokens by final result.\n# TYPE dmr_agent_unlocks_total counter"
+        );
+        for (k, v) in &s.unlocks {
+            let _ = writeln!(o, "dmr_agent_unlocks_total{{result=\"{k}\"}} {v}");
+        }
+        if let Ok(c) = self.counters.lock() {
+            let _ = writeln!(
+                o,
+                "# HELP dmr_agent_unlock_latency_seconds Presented to answered.\n# TYPE dmr_agent_unlock_latency_seconds summary\ndmr_agent_unlock_latency_seconds_sum {}\ndmr_agent_unlock_latency_seconds_count {}",
+                c.latency_us_sum as f64 / 1e6,
+                c.latency_count
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_uptime_seconds Seconds since start.\n# TYPE dmr_agent_uptime_seconds gauge\ndmr_agent_uptime_seconds {}",
+            s.uptime_s
+        );
+        o
+    }
+}

@@ -1,0 +1,973 @@
+//! The gateway's durable state in SQLite, owned by one dedicated thread.
+//!
+//! rusqlite is blocking, so the connection lives on its own OS thread ([`Store::open`]) and
+//! async tasks send it closures over a bounded channel, each with a oneshot reply
+//! ([`Store::call`]). When the channel is full (256 requests) callers wait: an unlock
+//! never gets ahead of the disk. One owner also means the verify-then-record decision of
+//! an unlock is serialized: two presentations of the same single-use token can never both
+//! pass, and no lock is needed for it.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a committed transaction
+//! survives a power cut. Migrations are numbered and applied in order inside one
+//! transaction each (`PRAGMA user_version` is the number applied). Tables: locks, trusted
+//! keys, cached tokens (indexed by short code), token uses, the revocation list (with its
+//! version in `settings`), the outbox (every event as its signed JWS, so replays keep the
+//! same id), commands already seen, settings and the time anchor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmr_protocol::jws::Kid;
+use dmr_protocol::keys::{SigningKey, VerifyingKey};
+use dmr_protocol::message::{
+    self, Command, ConfigSet, Envelope, Event, Expect, Message, MessageError, Presenter,
+    ResultCode, UnlockEvent,
+};
+use dmr_protocol::token::{self, CheckTime, GatewayView, Reject, ShortCode, UnlockToken};
+use dmr_protocol::topic::TopicKind;
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::clock::TrustedClock;
+
+/// Requests waiting for the store thread, at most; further callers wait for room.
+pub const STORE_QUEUE: usize = 256;
+
+/// Numbered migrations; index + 1 is the version. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    r#"
+CREATE TABLE locks (
+    lock_id TEXT PRIMARY KEY,
+    bus INTEGER NOT NULL,
+    addr INTEGER NOT NULL
+);
+CREATE TABLE trusted_keys (
+    key_id INTEGER PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE tokens (
+    token_id BLOB PRIMARY KEY,
+    short_code INTEGER NOT NULL,
+    lock_id BLOB NOT NULL,
+    not_after INTEGER NOT NULL,
+    token BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX tokens_short_code ON tokens(short_code);
+CREATE TABLE token_uses (
+    id INTEGER PRIMARY KEY,
+    token_id BLOB NOT NULL,
+    lock_id BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    via TEXT NOT NULL,
+    event_id TEXT NOT NULL
+);
+CREATE INDEX token_uses_token ON token_uses(token_id);
+CREATE TABLE revocations (
+    token_id BLOB PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    lock_id TEXT,
+    created_ms INTEGER NOT NULL,
+    jws TEXT NOT NULL
+);
+CREATE TABLE seen_commands (
+    id TEXT PRIMARY KEY,
+    ts_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE time_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cloud_ms INTEGER NOT NULL
+);
+"#,
+];
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database is full (disk or max_db_pages reached): {0}")]
+    Full(#[source] rusqlite::Error),
+    #[error("state database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("state database migration {version} failed: {source}")]
+    Migration {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database has schema version {found}, newer than this agent knows ({known}); refusing to touch it"
+    )]
+    TooNew { found: usize, known: usize },
+    #[error("the store thread has stopped")]
+    Stopped,
+    #[error("cannot start the store thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::Full(e),
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the disk (or the configured cap) is full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full(_))
+    }
+}
+
+/// Where a lock is: bus index and unit address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPlace {
+    pub bus: usize,
+    pub addr: u8,
+}
+
+/// What the store needs at start.
+#[derive(Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub gateway_id: Uuid,
+    pub key: SigningKey,
+    pub skew_s: u64,
+    pub locks: Vec<(Uuid, LockPlace)>,
+    pub trusted_keys: BTreeMap<u32, VerifyingKey>,
+    pub max_db_pages: Option<u64>,
+}
+
+/// How a token was presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// The `DMR1.` text form (or anything that is not a short code).
+    Text(String),
+    /// An 8-digit short code of a cached token.
+    Code(ShortCode),
+}
+
+impl Presented {
+    /// Classifies raw input: eight digits are a short code, anything else a token text.
+    pub fn classify(input: &str) -> Self {
+        match ShortCode::parse(input) {
+            Some(c) => Presented::Code(c),
+            None => Presented::Text(input.trim().to_string()),
+        }
+    }
+}
+
+/// The verdict on a presented token, after it has been recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// Every check passed; the use and the `accepted` event are durable.
+    Accepted {
+        token_id: Uuid,
+        lock_id: Uuid,
+        order_id: Option<Uuid>,
+        place: LockPlace,
+    },
+    /// Refused with a reason code (the refusal event is in the outbox if it could be written).
+    Refused {
+        code: ResultCode,
+        reason: String,
+        token_id: Option<Uuid>,
+        lock_id: Option<Uuid>,
+    },
+    /// The use could not be recorded, so the lock must not move.
+    StorageFailed { reason: String },
+}
+
+impl Redeemed {
+    /// The reason code to answer with.
+    pub fn code(&self) -> ResultCode {
+        match self {
+            Redeemed::Accepted { .. } => ResultCode::Accepted,
+            Redeemed::Refused { code, .. } => *code,
+            Redeemed::StorageFailed { .. } => ResultCode::StorageError,
+        }
+    }
+}
+
+/// One outbox row ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutRow {
+    pub seq: i64,
+    pub topic: TopicKind,
+    pub jws: String,
+}
+
+/// Backlog size and age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct OutboxStats {
+    pub pending: u64,
+    /// Created time of the oldest row, Unix ms.
+    pub oldest_ms: Option<u64>,
+}
+
+/// Result of applying a verified command's state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub result: ResultCode,
+    /// New runtime settings when a config.set changed them.
+    pub config: Option<ConfigSet>,
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// Handle to the store thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it, and starts the owner thread.
+    /// Returns the handle and the thread's join handle; the thread ends when every handle
+    /// is dropped.
+    pub fn open(
+        cfg: StoreConfig,
+        clock: Arc<TrustedClock>,
+    ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
+        let db = Db::open(cfg, clock)?;
+        let (tx, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("dmr-store".into())
+            .spawn(move || {
+                let mut db = db;
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut db);
+                    if db.stop {
+                        break;
+                    }
+                }
+                tracing::debug!("store thread: closing the database");
+            })
+            .map_err(StoreError::Thread)?;
+        Ok((Store { tx }, handle))
+    }
+
+    /// Asks the thread to close the database after the requests already queued; later
+    /// calls fail with [`StoreError::Stopped`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.call(|db| db.stop = true).await
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = reply.send(f(db));
+        });
+        self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+}
+
+/// The connection and what the thread caches beside it. Only the store thread touches it.
+pub struct Db {
+    conn: Connection,
+    gw: Uuid,
+    key: SigningKey,
+    clock: Arc<TrustedClock>,
+    skew_s: u64,
+    keys: BTreeMap<u32, VerifyingKey>,
+    locks: HashMap<Uuid, LockPlace>,
+    pending: u64,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("gw", &self.gw)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What token checks consult: in-memory keys and locks, revocations and uses from SQLite.
+struct View<'a> {
+    db: &'a Db,
+}
+
+impl GatewayView for View<'_> {
+    fn trusted_key(&self, key_id: u32) -> Option<&VerifyingKey> {
+        self.db.keys.get(&key_id)
+    }
+    fn owns_lock(&self, lock_id: &Uuid) -> bool {
+        self.db.locks.contains_key(lock_id)
+    }
+    fn is_revoked(&self, token_id: &Uuid) -> bool {
+        // A read error counts as revoked: refusing is the safe side.
+        self.db
+            .conn
+            .prepare_cached("SELECT 1 FROM revocations WHERE token_id = ?1")
+            .and_then(|mut s| s.exists(params![token_id.as_bytes()]))
+            .unwrap_or(true)
+    }
+    fn uses(&self, token_id: &Uuid) -> u32 {
+        // A read error counts as used up, for the same reason.
+        self.db
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM token_uses WHERE token_id = ?1")
+            .and_then(|mut s| s.query_row(params![token_id.as_bytes()], |r| r.get::<_, u32>(0)))
+            .unwrap_or(u32::MAX)
+    }
+}
+
+fn topic_name(t: TopicKind) -> &'static str {
+    t.as_str()
+}
+
+fn topic_from(name: &str) -> TopicKind {
+    match name {
+        "ack" => TopicKind::Ack,
+        "state" => TopicKind::State,
+        "heartbeat" => TopicKind::Heartbeat,
+        _ => TopicKind::Event,
+    }
+}
+
+impl Db {
+    fn open(cfg: StoreConfig, clock: Arc<TrustedClock>) -> Result<Db, StoreError> {
+        if let Some(dir) = cfg.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(&cfg.path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on the disk before the agent acts on it (WAL + NORMAL could lose
+        // the last transactions on power loss, and with them a recorded use).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if let Some(pages) = cfg.max_db_pages {
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        migrate(&mut conn)?;
+        let mut db = Db {
+            conn,
+            gw: cfg.gateway_id,
+            key: cfg.key,
+            clock,
+            skew_s: cfg.skew_s,
+            keys: BTreeMap::new(),
+            locks: cfg.locks.iter().copied().collect(),
+            pending: 0,
+            stop: false,
+        };
+        db.sync_config(&cfg.locks, &cfg.trusted_keys)?;
+        db.pending = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))?
+            as u64;
+        if let Some(skew) = db.setting("token_skew_s")? {
+            db.skew_s = skew as u64;
+        }
+        Ok(db)
+    }
+
+    /// Makes the locks table match the configuration and merges configured trusted keys.
+    fn sync_config(
+        &mut self,
+        locks: &[(Uuid, LockPlace)],
+        keys: &BTreeMap<u32, VerifyingKey>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM locks", [])?;
+        for (id, p) in locks {
+            tx.execute(
+                "INSERT INTO locks (lock_id, bus, addr) VALUES (?1, ?2, ?3)",
+                params![id.hyphenated().to_string(), p.bus as i64, p.addr],
+            )?;
+        }
+        for (id, k) in keys {
+            tx.execute(
+                "INSERT INTO trusted_keys (key_id, public_key, source) VALUES (?1, ?2, 'config')
+                 ON CONFLICT(key_id) DO UPDATE SET public_key = excluded.public_key",
+                params![id, &k.as_bytes()[..]],
+            )?;
+        }
+        tx.commit()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key_id, public_key FROM trusted_keys")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut loaded = BTreeMap::new();
+        for row in rows {
+            let (id, raw) = row?;
+            let key = <[u8; 32]>::try_from(raw.as_slice())
+                .ok()
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+            match key {
+                Some(k) => {
+                    loaded.insert(id, k);
+                }
+                None => tracing::error!(
+                    key_id = id,
+                    "stored trusted key is not a valid Ed25519 key; ignoring it"
+                ),
+            }
+        }
+        drop(stmt);
+        self.keys = loaded;
+        Ok(())
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The persisted time anchor (newest cloud-signed ms), if any.
+    pub fn time_anchor(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT cloud_ms FROM time_anchor WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    /// The gateway id.
+    pub fn gateway_id(&self) -> Uuid {
+        self.gw
+    }
+
+    /// Current token skew in seconds.
+    pub fn skew_s(&self) -> u64 {
+        self.skew_s
+    }
+
+    /// Direct access to the connection, for checks (integrity, counts) and tests.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn sign(&self, message: Message) -> (Uuid, String) {
+        let id = Uuid::now_v7();
+        let env = Envelope::new(id, self.gw, self.clock.now_ms(), message);
+        (id, env.sign(Kid::Gateway(self.gw), &self.key))
+    }
+
+    fn insert_outbox(
+        conn: &Connection,
+        id: Uuid,
+        topic: TopicKind,
+        lock_id: Option<Uuid>,
+        created_ms: u64,
+        jws: &str,
+    ) -> Result<(), rusqlite::Error> {
+        conn.prepare_cached(
+            "INSERT INTO outbox (id, topic, lock_id, created_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            id.hyphenated().to_string(),
+            topic_name(topic),
+            lock_id.map(|l| l.hyphenated().to_string()),
+            created_ms as i64,
+            jws
+        ])?;
+        Ok(())
+    }
+
+    /// Signs `message` and appends it to the outbox in its own durable transaction.
+    pub fn append(
+        &mut self,
+        topic: TopicKind,
+        lock_id: Option<Uuid>,
+        message: Message,
+    ) -> Result<Uuid, StoreError> {
+        let now = self.clock.now_ms();
+        let (id, jws) = self.sign(message);
+        Self::insert_outbox(&self.conn, id, topic, lock_id, now, &jws)?;
+        self.pending += 1;
+        Ok(id)
+    }
+
+    /// Appends an event.
+    pub fn append_event(&mut self, event: Event) -> Result<Uuid, StoreError> {
+        let lock = event.lock_id();
+        self.append(TopicKind::Event, Some(lock), Message::Event(event))
+    }
+
+    /// Finds the token a presentation names: parse the text, or look the short code up in
+    /// the cache. With a short code shared by several cached tokens, the one that passes
+    /// every check is used; if more than one would pass, the code is refused as ambiguous
+    /// (the presenter must show the full token).
+    fn resolve(&self, presented: &Presented, time: CheckTime) -> Result<UnlockToken, Reject> {
+        match presented {
+            Presented::Text(t) => UnlockToken::from_text(t).map_err(Reject::from),
+            Presented::Code(code) => {
+                let candidates = self.cached_by_code(*code).unwrap_or_default();
+                let mut first_err = None;
+                let mut passing = Vec::new();
+                for tok in candidates {
+                    match token::verify(&tok, &View { db: self }, time) {
+                        Ok(()) => passing.push(tok),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                match passing.len() {
+                    1 => Ok(passing.remove(0)),
+                    0 => Err(first_err
+                        .unwrap_or(Reject::BadFormat(token::FormatError::Length { found: 0 }))),
+                    _ => Err(Reject::BadFormat(token::FormatError::Length { found: 0 })),
+                }
+            }
+        }
+    }
+
+    /// Cached tokens with this short code.
+    pub fn cached_by_code(&self, code: ShortCode) -> Result<Vec<UnlockToken>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT token FROM tokens WHERE short_code = ?1")?;
+        let rows = stmt.query_map(params![code.value()], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(t) = UnlockToken::from_bytes(&r?) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole unlock decision: find the token, verify it (PROTOCOL.md §1 order), and, if it
+    /// passes, record the use and the `accepted` event in one durable transaction. A refusal
+    /// is recorded as an event too (best effort: a full disk must not hide the answer).
+    pub fn redeem(&mut self, presented: &Presented, via: Presenter) -> Redeemed {
+        let now_ms = self.clock.now_ms();
+        let time = CheckTime {
+            now_s: now_ms / 1000,
+            skew_s: self.skew_s,
+        };
+        let verdict = self
+            .resolve(presented, time)
+            .and_then(|tok| token::verify(&tok, &View { db: self }, time).map(|()| tok));
+        // A short code that names no cached token is answered bad_format like any text that
+        // is not a token, but the log should say what really happened.
+        let code_unknown = match presented {
+            Presented::Code(c) => self
+                .cached_by_code(*c)
+                .map(|v| v.is_empty())
+                .unwrap_or(false),
+            Presented::Text(_) => false,
+        };
+        match verdict {
+            Ok(tok) => {
+                let c = *tok.claims();
+                let Some(place) = self.locks.get(&c.lock_id).copied() else {
+                    // verify() checked owns_lock; unreachable in practice.
+                    return Redeemed::Refused {
+                        code: ResultCode::WrongLock,
+                        reason: "lock not on this gateway".into(),
+                        token_id: Some(c.token_id),
+                        lock_id: Some(c.lock_id),
+                    };
+                };
+                let order_id = (!c.order_id.is_nil()).then_some(c.order_id);
+                match self.record_use(&c, order_id, via, now_ms) {
+                    Ok(()) => Redeemed::Accepted {
+                        token_id: c.token_id,
+                        lock_id: c.lock_id,
+                        order_id,
+                        place,
+                    },
+                    Err(e) => {
+                        if e.is_full() {
+                            tracing::error!(token_id = %c.token_id, lock_id = %c.lock_id, error = %e,
+                                "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
+                        } else {
+                            tracing::error!(token_id = %c.token_id, lock_id = %c.lock_id, error = %e,
+                                "REFUSING UNLOCK: recording the use failed, so the lock stays shut");
+                        }
+                        Redeemed::StorageFailed {
+                            reason: e.to_string(),
+                        }
+                    }
+                }
+            }
+            Err(reject) => {
+                let code = ResultCode::from(&reject);
+                let (token_id, lock_id) = match presented {
+                    Presented::Text(t) => UnlockToken::from_text(t)
+                        .map(|t| (Some(t.claims().token_id), Some(t.claims().lock_id)))
+                        .unwrap_or((None, None)),
+                    Presented::Code(_) => (None, None),
+                };
+                let event = Event::Unlock(UnlockEvent {
+                    lock_id: lock_id.unwrap_or_else(Uuid::nil),
+                    token_id,
+                    order_id: None,
+                    result: code,
+                    via: Some(via),
+                    at: now_ms,
+                });
+                if let Err(e) = self.append_event(event) {
+                    tracing::error!(error = %e, code = code.as_str(), "cannot record the refusal event");
+                }
+                Redeemed::Refused {
+                    code,
+                    reason: if code_unknown {
+                        "no cached token has this short code".to_string()
+                    } else {
+                        reject.to_string()
+                    },
+                    token_id,
+                    lock_id,
+                }
+            }
+        }
+    }
+
+    fn record_use(
+        &mut self,
+        c: &token::TokenClaims,
+        order_id: Option<Uuid>,
+        via: Presenter,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (event_id, jws) = self.sign(Message::Event(Event::Unlock(UnlockEvent {
+            lock_id: c.lock_id,
+            token_id: Some(c.token_id),
+            order_id,
+            result: ResultCode::Accepted,
+            via: Some(via),
+            at: now_ms,
+        })));
+        let via_s = match via {
+            Presenter::Cloud => "cloud",
+            Presenter::Lan => "lan",
+            Presenter::Scanner => "scanner",
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "INSERT INTO token_uses (token_id, lock_id, at_ms, via, event_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            c.token_id.as_bytes(),
+            c.lock_id.as_bytes(),
+            now_ms as i64,
+            via_s,
+            event_id.hyphenated().to_string()
+        ])?;
+        Self::insert_outbox(
+            &tx,
+            event_id,
+            TopicKind::Event,
+            Some(c.lock_id),
+            now_ms,
+            &jws,
+        )?;
+        tx.commit()?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Uses recorded for a token.
+    pub fn uses_of(&self, token_id: &Uuid) -> u32 {
+        View { db: self }.uses(token_id)
+    }
+
+    /// Up to `limit` outbox rows after `after_seq`, oldest first.
+    pub fn outbox_batch(&self, after_seq: i64, limit: usize) -> Result<Vec<OutRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, topic, jws FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+            Ok(OutRow {
+                seq: r.get(0)?,
+                topic: topic_from(&r.get::<_, String>(1)?),
+                jws: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Deletes acknowledged rows (one transaction for the batch).
+    pub fn outbox_delete(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let mut removed = 0u64;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for s in seqs {
+                removed += stmt.execute(params![s])? as u64;
+            }
+        }
+        tx.commit()?;
+        self.pending = self.pending.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Backlog size and age.
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let oldest = self
+            .conn
+            .prepare_cached("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?;
+        Ok(OutboxStats {
+            pending: self.pending,
+            oldest_ms: oldest.map(|v| v as u64),
+        })
+    }
+
+    /// Verifies a command (signature by a trusted cloud key, our gateway, not expired by
+    /// trusted time), drops it if its id was seen before (`Ok(None)`), and moves the time
+    /// anchor forward to its `ts`.
+    pub fn open_command(&mut self, compact: &str) -> Result<Option<Envelope>, CommandError> {
+        let keys = &self.keys;
+        let (_kid, env) = message::open(
+            compact,
+            |kid| match kid {
+                Kid::Cloud(n) => keys.get(n),
+                Kid::Gateway(_) => None,
+            },
+            Expect {
+                gw: self.gw,
+                now_ms: self.clock.now_ms(),
+            },
+        )?;
+        let fresh = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO seen_commands (id, ts_ms) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![env.id.hyphenated().to_string(), env.ts as i64]))
+            .map_err(StoreError::from)?;
+        if fresh == 0 {
+            return Ok(None);
+        }
+        if self.clock.observe_cloud_ms(env.ts) {
+            self.conn
+                .execute(
+                    "INSERT INTO time_anchor (id, cloud_ms) VALUES (1, ?1)
+                     ON CONFLICT(id) DO UPDATE SET cloud_ms = MAX(cloud_ms, excluded.cloud_ms)",
+                    params![env.ts as i64],
+                )
+                .map_err(StoreError::from)?;
+        }
+        Ok(Some(env))
+    }
+
+    /// Caches pushed tokens; returns how many were stored and how many were not tokens.
+    pub fn put_tokens(&mut self, texts: &[String]) -> Result<(usize, usize), StoreError> {
+        let mut parsed = Vec::with_capacity(texts.len());
+        let mut bad = 0;
+        for t in texts {
+            match UnlockToken::from_text(t) {
+                Ok(tok) => parsed.push(tok),
+                Err(_) => bad += 1,
+            }
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO tokens (token_id, short_code, lock_id, not_after, token) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(token_id) DO NOTHING",
+            )?;
+            for tok in &parsed {
+                let c = tok.claims();
+                stmt.execute(params![
+                    c.token_id.as_bytes(),
+                    tok.short_code().value(),
+                    c.lock_id.as_bytes(),
+                    c.not_after as i64,
+                    &tok.as_bytes()[..]
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok((parsed.len(), bad))
+    }
+
+    /// Applies a revocation list. Older than the version held: `stale`, nothing changes.
+    /// The same version again: `ok`, nothing changes (ids already present stay).
+    pub fn revoke(&mut self, ids: &[Uuid], version: u64) -> Result<ResultCode, StoreError> {
+        let current = self.setting("revocation_version")?.unwrap_or(0) as u64;
+        if version < current {
+            return Ok(ResultCode::Stale);
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO revocations (token_id, version) VALUES (?1, ?2) ON CONFLICT(token_id) DO NOTHING",
+            )?;
+            for id in ids {
+                stmt.execute(params![id.as_bytes(), version as i64])?;
+            }
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ('revocation_version', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![version as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(ResultCode::Ok)
+    }
+
+    /// Applies runtime settings if `cs.version` is newer than the one held.
+    pub fn config_set(&mut self, cs: &ConfigSet) -> Result<Applied, StoreError> {
+        let current = self.setting("config_version")?.unwrap_or(0) as u64;
+        if cs.version < current {
+            return Ok(Applied {
+                result: ResultCode::Stale,
+                config: None,
+            });
+        }
+        if cs.version == current && current != 0 {
+            return Ok(Applied {
+                result: ResultCode::Ok,
+                config: None,
+            });
+        }
+        let tx = self.conn.transaction()?;
+        let put = |name: &str, v: i64| {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, v],
+            )
+        };
+        put("config_version", cs.version as i64)?;
+        if let Some(h) = cs.heartbeat_interval_s {
+            put("heartbeat_interval_s", i64::from(h))?;
+        }
+        if let Some(s) = cs.token_skew_s {
+            put("token_skew_s", i64::from(s))?;
+        }
+        tx.commit()?;
+        if let Some(s) = cs.token_skew_s {
+            self.skew_s = u64::from(s);
+        }
+        Ok(Applied {
+            result: ResultCode::Ok,
+            config: Some(cs.clone()),
+        })
+    }
+
+    /// Heartbeat interval set by the cloud, if any.
+    pub fn heartbeat_override_s(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.setting("heartbeat_interval_s")?.map(|v| v as u64))
+    }
+
+    /// Drops cached tokens long expired and command ids too old to be redelivered.
+    pub fn prune(&mut self) -> Result<(usize, usize), StoreError> {
+        let now_ms = self.clock.now_ms();
+        let cutoff_s = (now_ms / 1000).saturating_sub(self.skew_s + 86_400) as i64;
+        let t = self
+            .conn
+            .execute("DELETE FROM tokens WHERE not_after < ?1", params![cutoff_s])?;
+        let c = self.conn.execute(
+            "DELETE FROM seen_commands WHERE ts_ms < ?1",
+            params![now_ms.saturating_sub(7 * 86_400_000) as i64],
+        )?;
+        Ok((t, c))
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the file is sound.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+/// Why a command was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies the numbered migrations not yet applied.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let version = i + 1;
+        let tx = conn
+            .transaction()
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", version as i64))
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.commit()
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tracing::info!(version, "state database migrated");
+    }
+    Ok(())
+}
+
+/// Opens an existing state database read-only (for `dmr-agent status` when the daemon is
+/// not answering) and reads the backlog.
+pub fn read_outbox_stats(path: &Path) -> Result<OutboxStats, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+    let oldest: Option<i64> = conn
+        .query_row(
+            "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(OutboxStats {
+        pending: pending as u64,
+        oldest_ms: oldest.map(|v| v as u64),
+    })
+}
+
+/// The command body as a typed value (helper for callers).
+pub fn command_of(env: &Envelope) -> Option<&Command> {
+    match &env.message {
+        Message::Cmd(c) => Some(c),
+        _ => None,
+    }
+}

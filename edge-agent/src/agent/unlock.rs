@@ -1,0 +1,148 @@
+//! The one unlock path every presenter uses (cloud command, local HTTP, QR scanner).
+//!
+//! [`Unlocker::present`] hands the input to the store thread, which resolves and verifies the
+//! token and, if it passes, records the use together with the `accepted` event in one
+//! durable transaction ([`super::store::Db::redeem`]). Only then is the lock driven; its
+//! outcome (`ok`, `lock_unreachable`, `lock_fault`) is a second event. A crash between the
+//! two leaves a recorded use without an outcome: the token is spent and the lock may not
+//! have opened, which is the safe side (the cloud sees `accepted` without an outcome and
+//! can refund); the opposite order could open a lock twice on one use.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dmr_protocol::message::{Event, Presenter, ResultCode, UnlockEvent};
+use uuid::Uuid;
+
+use super::clock::TrustedClock;
+use super::health::Health;
+use super::locks::{ActuationOutcome, Ports};
+use super::store::{Presented, Redeemed, Store};
+
+/// The answer to a presentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlockReply {
+    /// The final result: `ok`, `lock_unreachable`, `lock_fault`, a reason code, or
+    /// `storage_error`.
+    pub result: ResultCode,
+    pub token_id: Option<Uuid>,
+    pub lock_id: Option<Uuid>,
+    /// Human-readable detail for logs.
+    pub detail: String,
+}
+
+/// Verifies, records and drives. Cheap to clone.
+#[derive(Clone)]
+pub struct Unlocker {
+    store: Store,
+    ports: Ports,
+    clock: Arc<TrustedClock>,
+    health: Arc<Health>,
+    timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Unlocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unlocker").finish_non_exhaustive()
+    }
+}
+
+impl Unlocker {
+    /// An unlocker over the store and the bus ports.
+    pub fn new(
+        store: Store,
+        ports: Ports,
+        clock: Arc<TrustedClock>,
+        health: Arc<Health>,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Unlocker {
+            store,
+            ports,
+            clock,
+            health,
+            timeout,
+        }
+    }
+
+    /// Handles one presentation (token text or short code) from `via`.
+    pub async fn present(&self, input: &str, via: Presenter) -> UnlockReply {
+        let started = Instant::now();
+        let presented = Presented::classify(input);
+        let redeemed = match self.store.call(move |db| db.redeem(&presented, via)).await {
+            Ok(r) => r,
+            Err(e) => Redeemed::StorageFailed {
+                reason: e.to_string(),
+            },
+        };
+        let reply = match redeemed {
+            Redeemed::Refused {
+                code,
+                reason,
+                token_id,
+                lock_id,
+            } => {
+                tracing::info!(via = ?via, code = code.as_str(), token_id = ?token_id, %reason, "token refused");
+                UnlockReply {
+                    result: code,
+                    token_id,
+                    lock_id,
+                    detail: reason,
+                }
+            }
+            Redeemed::StorageFailed { reason } => UnlockReply {
+                result: ResultCode::StorageError,
+                token_id: None,
+                lock_id: None,
+                detail: reason,
+            },
+            Redeemed::Accepted {
+                token_id,
+                lock_id,
+                order_id,
+                place,
+            } => {
+                let outcome = match self.ports.get(place.bus) {
+                    Some(port) => {
+                        match tokio::time::timeout(self.timeout, port.unlock(place.addr)).await {
+                            Ok(o) => o,
+                            Err(_) => ActuationOutcome::Unreachable(format!(
+                                "no confirmation within {} ms",
+                                self.timeout.as_millis()
+                            )),
+                        }
+                    }
+                    None => ActuationOutcome::Unreachable("bus not configured".into()),
+                };
+                let (result, detail) = match &outcome {
+                    ActuationOutcome::Ok => (ResultCode::Ok, String::from("unlocked")),
+                    ActuationOutcome::Unreachable(r) => (ResultCode::LockUnreachable, r.clone()),
+                    ActuationOutcome::Fault(r) => (ResultCode::LockFault, r.clone()),
+                };
+                let event = Event::Unlock(UnlockEvent {
+                    lock_id,
+                    token_id: Some(token_id),
+                    order_id,
+                    result,
+                    via: Some(via),
+                    at: self.clock.now_ms(),
+                });
+                if let Err(e) = self.store.call(move |db| db.append_event(event)).await {
+                    // The use and the accepted event are already durable; only the outcome
+                    // report is missing.
+                    tracing::error!(%token_id, %lock_id, error = %e, "cannot record the unlock outcome event");
+                }
+                tracing::info!(via = ?via, %token_id, %lock_id, result = result.as_str(), %detail, "token accepted and lock driven");
+                UnlockReply {
+                    result,
+                    token_id: Some(token_id),
+                    lock_id: Some(lock_id),
+                    detail,
+                }
+            }
+        };
+        self.health
+            .record_unlock(reply.result, started.elapsed().as_micros() as u64);
+        reply
+    }
+}
