@@ -97,6 +97,7 @@ async fn file_response(path: &Path, cache: &'static str, head: bool) -> Response
             return ApiError::NotFound.into_response();
         }
     };
+    let len = bytes.len();
     let mut resp = Response::new(if head {
         Body::empty()
     } else {
@@ -104,6 +105,8 @@ async fn file_response(path: &Path, cache: &'static str, head: bool) -> Response
     });
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
+    // A HEAD answer says how long the GET body would be.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(path)),
