@@ -239,7 +239,10 @@ pub struct Observer {
 impl Observer {
     /// `persistent`: a non-clean session with a fixed client id, so messages published while
     /// it is disconnected are queued for it by the broker.
+    /// Returns once the subscription is in place (a probe published through the broker has
+    /// come back), so nothing published after `start` can be missed.
     pub fn start(port: u16, client_id: &str, persistent: bool) -> Self {
+        let probe = format!("dmr-test/probe/{client_id}");
         let mut cmd = Command::new("mosquitto_sub");
         cmd.args([
             "-h",
@@ -250,6 +253,8 @@ impl Observer {
             "1",
             "-t",
             "dmr/v1/gw/+/+",
+            "-t",
+            &probe,
             "-v",
             "-i",
             client_id,
@@ -267,12 +272,19 @@ impl Observer {
         let out = child.stdout.take().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ready2 = ready.clone();
+        let probe2 = probe.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 let Some((topic, payload)) = line.split_once(' ') else {
                     continue;
                 };
+                if topic == probe2 {
+                    ready2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
                 // Commands are the cloud's own messages, not the gateway's.
                 if topic.ends_with("/cmd") {
                     continue;
@@ -284,6 +296,23 @@ impl Observer {
                 });
             }
         });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "observer {client_id} did not subscribe within 10 s"
+            );
+            let _ = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+                .args(["-t", &probe, "-m", "probe"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let wait_until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < wait_until && !ready.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         Observer { child, seen }
     }
 
