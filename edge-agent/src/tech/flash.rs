@@ -27,11 +27,12 @@ const REBOOT_DEADLINE: Duration = Duration::from_secs(20);
 /// [`FlashError::WrongVersion`] after CONFIRM (which cannot happen: it is checked before).
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
-    #[error("{path}: not a firmware image: {source}")]
+    // The reason is part of the message, not a `source`: its text already says what is wrong
+    // ("not a firmware image: ..."), and printing the chain would say it twice.
+    #[error("{path}: {reason}")]
     NotAnImage {
         path: String,
-        #[source]
-        source: firmware::FirmwareError,
+        reason: firmware::FirmwareError,
     },
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -119,9 +120,9 @@ pub struct FlashReport {
 
 /// Checks the file is an image at all (the lock does the real verification).
 pub fn inspect(path: &str, image: &[u8]) -> Result<FirmwareHeader, FlashError> {
-    firmware::parse_header(image).map_err(|source| FlashError::NotAnImage {
+    firmware::parse_header(image).map_err(|reason| FlashError::NotAnImage {
         path: path.to_owned(),
-        source,
+        reason,
     })
 }
 
@@ -245,7 +246,7 @@ pub async fn flash(
     let header = inspect("image", image)?;
     let total = u32::try_from(image.len()).map_err(|_| FlashError::NotAnImage {
         path: "image".into(),
-        source: firmware::FirmwareError::TooLarge {
+        reason: firmware::FirmwareError::TooLarge {
             found: image.len() as u64,
         },
     })?;
