@@ -4,7 +4,7 @@ use crate::auth::store::secret_hash;
 use crate::db::{Db, now_ms};
 use crate::enrollment::types::{CodeRow, normalize_code};
 use crate::error::ApiError;
-use crate::http::list::{Page, Paging, Sql};
+use crate::http::list::{Page, Paging, Sql, fetch_page};
 use crate::rbac::Scope;
 
 const COLUMNS: &str =
@@ -67,22 +67,7 @@ pub async fn list(
     if let Some(v) = &filter.venue_id {
         w.push(" AND venue_id = ").bind_text(v.clone());
     }
-    let mut count = Sql::new("SELECT COUNT(*) FROM enrollment_codes");
-    count.append(&w);
-    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
-    let mut q = Sql::new(&format!("SELECT {COLUMNS} FROM enrollment_codes"));
-    q.append(&w)
-        .push(&format!(" ORDER BY {order} LIMIT "))
-        .bind_int(paging.per_page)
-        .push(" OFFSET ")
-        .bind_int(paging.offset());
-    let items = q.query_as::<CodeRow>().fetch_all(&db.pool).await?;
-    Ok(Page {
-        items,
-        page: paging.page,
-        per_page: paging.per_page,
-        total,
-    })
+    fetch_page::<CodeRow>(db, "enrollment_codes", COLUMNS, &w, order, paging).await
 }
 
 /// Revokes a code (soft delete).

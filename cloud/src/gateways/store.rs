@@ -3,7 +3,7 @@
 use crate::db::{Db, now_ms};
 use crate::error::ApiError;
 use crate::gateways::types::Gateway;
-use crate::http::list::{Page, Paging, Sql, like_pattern};
+use crate::http::list::{Page, Paging, Sql, fetch_page, like_pattern};
 use crate::rbac::Scope;
 
 const COLUMNS: &str = "id, merchant_id, venue_id, name, status, public_key, enrolled_at, \
@@ -70,22 +70,7 @@ pub async fn list(
             .bind_text(like_pattern(&q.to_lowercase()))
             .push(" ESCAPE '\\'");
     }
-    let mut count = Sql::new("SELECT COUNT(*) FROM gateways");
-    count.append(&w);
-    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
-    let mut q = Sql::new(&format!("SELECT {COLUMNS} FROM gateways"));
-    q.append(&w)
-        .push(&format!(" ORDER BY {order} LIMIT "))
-        .bind_int(paging.per_page)
-        .push(" OFFSET ")
-        .bind_int(paging.offset());
-    let items = q.query_as::<Gateway>().fetch_all(&db.pool).await?;
-    Ok(Page {
-        items,
-        page: paging.page,
-        per_page: paging.per_page,
-        total,
-    })
+    fetch_page::<Gateway>(db, "gateways", COLUMNS, &w, order, paging).await
 }
 
 /// Renames and/or moves a gateway; moving also moves its locks' venue, in one transaction.

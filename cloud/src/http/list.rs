@@ -195,6 +195,38 @@ impl Sql {
     }
 }
 
+/// One page of `table`: the rows matching `where_` (which starts with ` WHERE`) in `order`
+/// (an already whitelisted `ORDER BY` clause), and how many match in all. Every list endpoint
+/// uses it, so paging behaves the same on every resource.
+pub async fn fetch_page<T>(
+    db: &crate::db::Db,
+    table: &str,
+    columns: &str,
+    where_: &Sql,
+    order: &str,
+    paging: Paging,
+) -> Result<Page<T>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let mut count = Sql::new(&format!("SELECT COUNT(*) FROM {table}"));
+    count.append(where_);
+    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
+    let mut q = Sql::new(&format!("SELECT {columns} FROM {table}"));
+    q.append(where_)
+        .push(&format!(" ORDER BY {order} LIMIT "))
+        .bind_int(paging.per_page)
+        .push(" OFFSET ")
+        .bind_int(paging.offset());
+    let items = q.query_as::<T>().fetch_all(&db.pool).await?;
+    Ok(Page {
+        items,
+        page: paging.page,
+        per_page: paging.per_page,
+        total,
+    })
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` substring search.
 pub fn like_pattern(q: &str) -> String {
     let mut out = String::with_capacity(q.len() + 2);

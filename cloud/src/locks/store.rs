@@ -4,7 +4,7 @@ use sqlx::Acquire as _;
 
 use crate::db::{Db, new_id, now_ms};
 use crate::error::ApiError;
-use crate::http::list::{Page, Paging, Sql, like_pattern};
+use crate::http::list::{Page, Paging, Sql, fetch_page, like_pattern};
 use crate::locks::types::{LockRow, PricePlan, PricePlanInput};
 use crate::rbac::Scope;
 
@@ -133,22 +133,7 @@ pub async fn list(
             .bind_text(pat)
             .push(" ESCAPE '\\')");
     }
-    let mut count = Sql::new("SELECT COUNT(*) FROM locks");
-    count.append(&w);
-    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
-    let mut q = Sql::new(&format!("SELECT {COLUMNS} FROM locks"));
-    q.append(&w)
-        .push(&format!(" ORDER BY {order} LIMIT "))
-        .bind_int(paging.per_page)
-        .push(" OFFSET ")
-        .bind_int(paging.offset());
-    let items = q.query_as::<LockRow>().fetch_all(&db.pool).await?;
-    Ok(Page {
-        items,
-        page: paging.page,
-        per_page: paging.per_page,
-        total,
-    })
+    fetch_page::<LockRow>(db, "locks", COLUMNS, &w, order, paging).await
 }
 
 /// A validated change to a lock.

@@ -5,7 +5,7 @@ use sqlx::Acquire as _;
 
 use crate::db::{Db, now_ms};
 use crate::error::ApiError;
-use crate::http::list::{Page, Paging, Sql, like_pattern};
+use crate::http::list::{Page, Paging, Sql, fetch_page, like_pattern};
 use crate::rbac::Scope;
 use crate::users::types::UserRow;
 
@@ -89,23 +89,7 @@ pub async fn list(
             .bind_text(pat)
             .push(" ESCAPE '\\')");
     }
-    let mut count = Sql::new("SELECT COUNT(*) FROM users");
-    count.append(&where_);
-    let total: i64 = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
-
-    let mut q = Sql::new(&format!("SELECT {COLUMNS} FROM users"));
-    q.append(&where_)
-        .push(&format!(" ORDER BY {order} LIMIT "))
-        .bind_int(paging.per_page)
-        .push(" OFFSET ")
-        .bind_int(paging.offset());
-    let items = q.query_as::<UserRow>().fetch_all(&db.pool).await?;
-    Ok(Page {
-        items,
-        page: paging.page,
-        per_page: paging.per_page,
-        total,
-    })
+    fetch_page::<UserRow>(db, "users", COLUMNS, &where_, order, paging).await
 }
 
 pub async fn get(db: &Db, scope: &Scope, id: &str) -> Result<Option<UserRow>, ApiError> {

@@ -2,7 +2,7 @@
 
 use crate::db::{Db, now_ms};
 use crate::error::ApiError;
-use crate::http::list::{Page, Paging, Sql, like_pattern};
+use crate::http::list::{Page, Paging, Sql, fetch_page, like_pattern};
 use crate::rbac::Scope;
 use crate::venues::types::Venue;
 
@@ -60,22 +60,7 @@ pub async fn list(
             .bind_text(like_pattern(&q.to_lowercase()))
             .push(" ESCAPE '\\'");
     }
-    let mut count = Sql::new("SELECT COUNT(*) FROM venues");
-    count.append(&w);
-    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
-    let mut q = Sql::new(&format!("SELECT {COLUMNS} FROM venues"));
-    q.append(&w)
-        .push(&format!(" ORDER BY {order} LIMIT "))
-        .bind_int(paging.per_page)
-        .push(" OFFSET ")
-        .bind_int(paging.offset());
-    let items = q.query_as::<Venue>().fetch_all(&db.pool).await?;
-    Ok(Page {
-        items,
-        page: paging.page,
-        per_page: paging.per_page,
-        total,
-    })
+    fetch_page::<Venue>(db, "venues", COLUMNS, &w, order, paging).await
 }
 
 pub async fn update(
