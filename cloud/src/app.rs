@@ -282,7 +282,19 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         }
     };
     let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
+    let master = config
+        .keys
+        .master_key
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}", crate::config::MASTER_KEY_HELP))?;
+    let keys = crate::link::keys::KeyRing::new(db.clone(), master);
+    keys.ensure().await.context("cloud signing keys")?;
+    let link_metrics = Arc::new(crate::link::metrics::LinkMetrics::default());
+    let ingest = crate::link::ingest::Ingest::new(db.clone(), link_metrics.clone());
     let state = AppState {
+        keys: Arc::new(keys),
+        ingest: Arc::new(ingest),
+        link_metrics,
         db,
         jwt: Arc::new(jwt),
         metrics: Arc::new(Metrics::default()),

@@ -27,6 +27,7 @@ pub mod gateways;
 pub mod health;
 pub mod http;
 pub mod jobs;
+pub mod link;
 pub mod locks;
 pub mod merchants;
 pub mod openapi;
@@ -47,4 +48,9 @@ pub struct AppState {
     pub jwt: Arc<auth::jwt::JwtKeys>,
     pub metrics: Arc<http::metrics::Metrics>,
     pub limiter: Arc<http::ratelimit::RateLimiter>,
+    /// The cloud's signing keys (active signer, trusted list).
+    pub keys: Arc<link::keys::KeyRing>,
+    /// Verifies and applies gateway messages (MQTT bridge and HTTP drain).
+    pub ingest: Arc<link::ingest::Ingest>,
+    pub link_metrics: Arc<link::metrics::LinkMetrics>,
 }
