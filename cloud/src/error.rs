@@ -37,6 +37,13 @@ pub enum ApiError {
     LoginLocked { retry_after_secs: u64 },
     #[error("refresh token reused; all sessions of this login were revoked")]
     RefreshReuse,
+    #[error("enrollment code invalid")]
+    EnrollmentCodeInvalid,
+    #[error("gateway authentication failed ({reason}): {message}")]
+    GatewayAuth {
+        reason: &'static str,
+        message: String,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -133,6 +140,19 @@ impl ApiError {
                 "this refresh token was already used; every session of this login was revoked"
                     .into(),
                 Value::Null,
+            ),
+            EnrollmentCodeInvalid => (
+                StatusCode::FORBIDDEN,
+                "enrollment_code_invalid",
+                "the enrollment code is unknown, used, revoked or expired; ask for a new code"
+                    .into(),
+                Value::Null,
+            ),
+            GatewayAuth { reason, message } => (
+                StatusCode::UNAUTHORIZED,
+                "gateway_auth_failed",
+                message.clone(),
+                json!({ "reason": reason }),
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -33,7 +33,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        format!(
+            "{}{}{}",
+            state.metrics.render(),
+            state.link_metrics.render(),
+            crate::link::metrics::render_gauges(&state.db).await
+        ),
     )
         .into_response()
 }

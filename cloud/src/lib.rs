@@ -53,4 +53,7 @@ pub struct AppState {
     /// Verifies and applies gateway messages (MQTT bridge and HTTP drain).
     pub ingest: Arc<link::ingest::Ingest>,
     pub link_metrics: Arc<link::metrics::LinkMetrics>,
+    /// Turns true when the server starts shutting down, so endless responses (the live
+    /// stream) end and graceful shutdown can finish.
+    pub stop: Arc<tokio::sync::watch::Sender<bool>>,
 }

@@ -6,6 +6,11 @@
 //! and its signed pull; [`live`] streams tenant-scoped changes to the console; [`alarms`]
 //! lists and acknowledges alarms; [`metrics`] counts what the link accepted and refused.
 
+pub mod alarms;
+pub mod enroll;
+pub mod gwauth;
 pub mod ingest;
 pub mod keys;
+pub mod live;
 pub mod metrics;
+pub mod sync;
