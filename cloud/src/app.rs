@@ -261,7 +261,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Gateway,
             link::sync::events,
         )
-        .add(Method::GET, "/api/v1/gateway/sync", Gateway, link::sync::sync)
+        .add(
+            Method::GET,
+            "/api/v1/gateway/sync",
+            Gateway,
+            link::sync::sync,
+        )
         // Console: live changes and alarms.
         .add(
             Method::GET,

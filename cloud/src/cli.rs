@@ -183,7 +183,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             match cmd {
                 KeysCommand::Rotate { overlap_hours } => {
                     let id = ring
-                        .rotate(std::time::Duration::from_secs(overlap_hours.saturating_mul(3600)))
+                        .rotate(std::time::Duration::from_secs(
+                            overlap_hours.saturating_mul(3600),
+                        ))
                         .await?;
                     println!(
                         "key {id} is now active; the previous key stays trusted for {overlap_hours} h"
@@ -197,7 +199,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                             k.status,
                             k.public_key,
                             k.created_at,
-                            k.retire_after.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+                            k.retire_after
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|| "-".into())
                         );
                     }
                 }

@@ -164,7 +164,8 @@ fn link_paths(paths: &mut serde_json::Map<String, Value>) {
         json!({ "200": { "description": "text/event-stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }),
         None,
     );
-    live["parameters"] = json!([{ "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" } }]);
+    live["parameters"] =
+        json!([{ "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" } }]);
     paths.insert("/api/v1/live".into(), json!({ "get": live }));
     let mut alarms = op(
         "List alarms, newest first",

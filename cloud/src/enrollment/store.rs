@@ -7,8 +7,7 @@ use crate::error::ApiError;
 use crate::http::list::{Page, Paging, Sql, fetch_page};
 use crate::rbac::Scope;
 
-const COLUMNS: &str =
-    "id, merchant_id, venue_id, expires_at, used_at, used_by_gateway, gateway_id, created_by, \
+const COLUMNS: &str = "id, merchant_id, venue_id, expires_at, used_at, used_by_gateway, gateway_id, created_by, \
      created_at";
 
 fn scoped(sql: &mut Sql, scope: &Scope) {

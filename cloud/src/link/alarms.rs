@@ -61,7 +61,11 @@ pub async fn list(
 ) -> ApiResult<Json<Page<Alarm>>> {
     let paging = Paging::parse(q.page.as_deref(), q.per_page.as_deref())?;
     // Newest first unless asked otherwise: an alarm list is read from the top.
-    let order = order_by(Some(q.sort.as_deref().unwrap_or("-created_at")), SORT_KEYS, "created_at")?;
+    let order = order_by(
+        Some(q.sort.as_deref().unwrap_or("-created_at")),
+        SORT_KEYS,
+        "created_at",
+    )?;
     let mut w = Sql::new(" WHERE 1 = 1");
     scoped(&mut w, &caller);
     for (col, v) in [
@@ -107,12 +111,14 @@ pub async fn ack(
     if alarm.acked_at.is_some() {
         return Ok(Json(alarm));
     }
-    sqlx::query("UPDATE alarms SET acked_at = $1, acked_by = $2 WHERE id = $3 AND acked_at IS NULL")
-        .bind(now)
-        .bind(caller.user_id.clone())
-        .bind(id.clone())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE alarms SET acked_at = $1, acked_by = $2 WHERE id = $3 AND acked_at IS NULL",
+    )
+    .bind(now)
+    .bind(caller.user_id.clone())
+    .bind(id.clone())
+    .execute(&mut *tx)
+    .await?;
     let alarm = Alarm {
         acked_at: Some(now),
         acked_by: Some(caller.user_id.clone()),

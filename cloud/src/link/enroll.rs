@@ -127,7 +127,10 @@ fn validate(req: &EnrollRequest) -> Result<[u8; 32], ApiError> {
     let key = parse_public_b64u(&req.public_key)
         .map_err(|e| ApiError::validation("public_key", e.to_string()))?;
     let sig = b64::decode(req.pop.trim()).map_err(|_| {
-        ApiError::validation("pop", "must be a base64url Ed25519 signature (86 characters)")
+        ApiError::validation(
+            "pop",
+            "must be a base64url Ed25519 signature (86 characters)",
+        )
     })?;
     let sig: [u8; 64] = sig
         .as_slice()
@@ -142,11 +145,18 @@ fn validate(req: &EnrollRequest) -> Result<[u8; 32], ApiError> {
                  public key bytes with the private key of public_key",
             )
         })?;
-    if req.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > 100) {
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.trim().is_empty() || n.len() > 100)
+    {
         return Err(ApiError::validation("name", "1..=100 characters"));
     }
     if req.agent_version.as_ref().is_some_and(|v| v.len() > 64) {
-        return Err(ApiError::validation("agent_version", "at most 64 characters"));
+        return Err(ApiError::validation(
+            "agent_version",
+            "at most 64 characters",
+        ));
     }
     Ok(pk)
 }

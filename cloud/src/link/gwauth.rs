@@ -114,7 +114,10 @@ async fn authenticate(req: Request, state: &AppState) -> Result<GatewayRequest, 
     let unverified = jws::parse(&compact)
         .map_err(|e| fail("bad_signature", format!("request signature: {e}")))?;
     let Kid::Gateway(gw) = unverified.kid() else {
-        return Err(fail("bad_signature", "request must be signed with kid gw:<gateway_id>"));
+        return Err(fail(
+            "bad_signature",
+            "request must be signed with kid gw:<gateway_id>",
+        ));
     };
     let row: Option<(Option<String>, String)> = sqlx::query_as(
         "SELECT public_key, merchant_id FROM gateways \
@@ -129,11 +132,18 @@ async fn authenticate(req: Request, state: &AppState) -> Result<GatewayRequest, 
             "no enrolled gateway with this id; enroll it again",
         ));
     };
-    let key = dmr_protocol::keys::parse_public_b64u(&pk)
-        .map_err(|_| fail("unknown_gateway", "the gateway's registered key is unusable"))?;
-    let payload = unverified
-        .verify(&key)
-        .map_err(|_| fail("bad_signature", "signature does not verify with the gateway's key"))?;
+    let key = dmr_protocol::keys::parse_public_b64u(&pk).map_err(|_| {
+        fail(
+            "unknown_gateway",
+            "the gateway's registered key is unusable",
+        )
+    })?;
+    let payload = unverified.verify(&key).map_err(|_| {
+        fail(
+            "bad_signature",
+            "signature does not verify with the gateway's key",
+        )
+    })?;
     let claims: AuthClaims = serde_json::from_slice(&payload)
         .map_err(|e| fail("bad_signature", format!("signed request payload: {e}")))?;
     if claims.gw != gw {

@@ -291,7 +291,10 @@ impl Ingest {
             for _ in raw {
                 self.metrics.rejected(RejectReason::UnknownGateway.as_str());
             }
-            return Ok(vec![Outcome::Rejected(RejectReason::UnknownGateway); raw.len()]);
+            return Ok(vec![
+                Outcome::Rejected(RejectReason::UnknownGateway);
+                raw.len()
+            ]);
         };
         let mut verified = self.verify_batch(gw, key, raw).await?;
         // A cached key may predate a re-enrollment: re-read once and retry the failures.
@@ -306,7 +309,10 @@ impl Ingest {
                     for _ in raw {
                         self.metrics.rejected(RejectReason::UnknownGateway.as_str());
                     }
-                    return Ok(vec![Outcome::Rejected(RejectReason::UnknownGateway); raw.len()]);
+                    return Ok(vec![
+                        Outcome::Rejected(RejectReason::UnknownGateway);
+                        raw.len()
+                    ]);
                 }
                 Some((k, m)) => {
                     key = k;
@@ -397,8 +403,19 @@ async fn apply(
     }
 }
 
+/// online, last_seen_at, outbox_pending, outbox_oldest_age_s
+type GatewayNow = (i64, Option<i64>, Option<i64>, Option<i64>);
+/// status, door_closed, locked, fw_version, last_heartbeat_at
+type LockRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
 async fn gateway_change(conn: &mut AnyConnection, ctx: &GatewayCtx) -> Result<(), ApiError> {
-    let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+    let row: Option<GatewayNow> = sqlx::query_as(
         "SELECT online, last_seen_at, outbox_pending, outbox_oldest_age_s FROM gateways WHERE id = $1",
     )
     .bind(ctx.gateway_id.to_string())
@@ -560,16 +577,19 @@ async fn apply_heartbeat(
     Ok(())
 }
 
-async fn lock_change(conn: &mut AnyConnection, ctx: &GatewayCtx, lock_id: &str) -> Result<(), ApiError> {
-    let row: Option<(String, Option<i64>, Option<i64>, Option<String>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT status, door_closed, locked, fw_version, last_heartbeat_at FROM locks \
+async fn lock_change(
+    conn: &mut AnyConnection,
+    ctx: &GatewayCtx,
+    lock_id: &str,
+) -> Result<(), ApiError> {
+    let row: Option<LockRow> = sqlx::query_as(
+        "SELECT status, door_closed, locked, fw_version, last_heartbeat_at FROM locks \
              WHERE id = $1 AND gateway_id = $2",
-        )
-        .bind(lock_id.to_string())
-        .bind(ctx.gateway_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+    )
+    .bind(lock_id.to_string())
+    .bind(ctx.gateway_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some((status, door, locked, fw, hb)) = row {
         let data = json!({
             "lock_id": lock_id, "gateway_id": ctx.gateway_id, "status": status,

@@ -103,7 +103,10 @@ impl Feed {
         self.low = if full {
             newest
         } else {
-            newest.max(now_ms() - WINDOW_MS).saturating_sub(WINDOW_MS).max(self.low)
+            newest
+                .max(now_ms() - WINDOW_MS)
+                .saturating_sub(WINDOW_MS)
+                .max(self.low)
         };
         let keep_from = self.low;
         self.sent.retain(|_, t| *t >= keep_from);

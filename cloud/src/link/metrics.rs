@@ -58,7 +58,10 @@ impl LinkMetrics {
     }
 
     pub fn duplicates_count(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).duplicates
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .duplicates
     }
 
     pub fn render(&self) -> String {
@@ -73,18 +76,30 @@ impl LinkMetrics {
             "# HELP dmr_link_duplicates_dropped_total Gateway messages dropped as already applied.\n",
         );
         out.push_str("# TYPE dmr_link_duplicates_dropped_total counter\n");
-        let _ = writeln!(out, "dmr_link_duplicates_dropped_total {}", inner.duplicates);
-        out.push_str("# HELP dmr_link_messages_rejected_total Gateway messages refused, by reason.\n");
+        let _ = writeln!(
+            out,
+            "dmr_link_duplicates_dropped_total {}",
+            inner.duplicates
+        );
+        out.push_str(
+            "# HELP dmr_link_messages_rejected_total Gateway messages refused, by reason.\n",
+        );
         out.push_str("# TYPE dmr_link_messages_rejected_total counter\n");
         for (k, n) in &inner.rejected {
-            let _ = writeln!(out, "dmr_link_messages_rejected_total{{reason=\"{k}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "dmr_link_messages_rejected_total{{reason=\"{k}\"}} {n}"
+            );
         }
         out.push_str(
             "# HELP dmr_link_gateway_auth_failed_total Gateway HTTP requests refused, by reason.\n",
         );
         out.push_str("# TYPE dmr_link_gateway_auth_failed_total counter\n");
         for (k, n) in &inner.auth_failed {
-            let _ = writeln!(out, "dmr_link_gateway_auth_failed_total{{reason=\"{k}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "dmr_link_gateway_auth_failed_total{{reason=\"{k}\"}} {n}"
+            );
         }
         out
     }
@@ -92,11 +107,10 @@ impl LinkMetrics {
 
 /// Gauges counted in the database: gateways and locks online.
 pub async fn render_gauges(db: &Db) -> String {
-    let gw: Result<i64, _> = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM gateways WHERE online = 1 AND deleted_at IS NULL",
-    )
-    .fetch_one(&db.pool)
-    .await;
+    let gw: Result<i64, _> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM gateways WHERE online = 1 AND deleted_at IS NULL")
+            .fetch_one(&db.pool)
+            .await;
     let locks: Result<i64, _> = sqlx::query_scalar(
         "SELECT COUNT(*) FROM locks WHERE status = 'online' AND deleted_at IS NULL",
     )

@@ -164,7 +164,9 @@ pub async fn sync(
     .await?;
     let next_cursor = match tokens.last() {
         Some((id, _, t)) => format!("{t}:{id}"),
-        None => cursor.map(|(t, id)| format!("{t}:{id}")).unwrap_or_default(),
+        None => cursor
+            .map(|(t, id)| format!("{t}:{id}"))
+            .unwrap_or_default(),
     };
     let put: Vec<String> = tokens.into_iter().map(|(_, t, _)| t).collect();
 

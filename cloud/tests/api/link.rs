@@ -145,12 +145,22 @@ mod scenarios {
             json!({ "code": "ZZZZZ-ZZZZZ", "public_key": public_b64u(&k2.verifying_key()), "pop": pop("ZZZZZ-ZZZZZ", &k2) }),
         )
         .await;
-        assert_eq!((s, b["error"]["message"].clone()), (StatusCode::FORBIDDEN, unknown_msg.clone()));
+        assert_eq!(
+            (s, b["error"]["message"].clone()),
+            (StatusCode::FORBIDDEN, unknown_msg.clone())
+        );
         let (_, c) = app
-            .post("/api/v1/enrollment-codes", &w.a.owner, json!({ "venue_id": w.a.venue_id }))
+            .post(
+                "/api/v1/enrollment-codes",
+                &w.a.owner,
+                json!({ "venue_id": w.a.venue_id }),
+            )
             .await;
         let (s, _) = app
-            .delete(&format!("/api/v1/enrollment-codes/{}", c["id"].as_str().unwrap()), &w.a.owner)
+            .delete(
+                &format!("/api/v1/enrollment-codes/{}", c["id"].as_str().unwrap()),
+                &w.a.owner,
+            )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         let revoked = c["code"].as_str().unwrap();
@@ -202,8 +212,18 @@ mod scenarios {
         assert_eq!(s, StatusCode::OK);
         // Messages signed with the old key are refused by ingest too (its key cache is
         // refreshed on a signature failure).
-        let (_, old) = signed(first.id, &first.key, now_ms(), Message::State(GatewayState { online: true }));
-        let out = app.state.ingest.submit(first.id, Via::Mqtt, &[&old]).await.unwrap();
+        let (_, old) = signed(
+            first.id,
+            &first.key,
+            now_ms(),
+            Message::State(GatewayState { online: true }),
+        );
+        let out = app
+            .state
+            .ingest
+            .submit(first.id, Via::Mqtt, &[&old])
+            .await
+            .unwrap();
         assert_eq!(out, vec![Outcome::Rejected(RejectReason::BadSignature)]);
         app.stop().await;
     }
@@ -225,7 +245,10 @@ mod scenarios {
 
         let ok = SignedReq::new(&gw, Method::GET, path, vec![]);
         let (s, ct, _) = ok.send(&app).await;
-        assert_eq!((s, ct.as_deref()), (StatusCode::OK, Some("application/jose")));
+        assert_eq!(
+            (s, ct.as_deref()),
+            (StatusCode::OK, Some("application/jose"))
+        );
         // The same request again (same nonce): replayed.
         let (s, _, b) = ok.send(&app).await;
         check(s, &b, "replayed");
@@ -299,7 +322,9 @@ mod scenarios {
             .execute(&app.state.db.pool)
             .await
             .unwrap();
-        let (s, _, b) = SignedReq::new(&gw, Method::GET, path, vec![]).send(&app).await;
+        let (s, _, b) = SignedReq::new(&gw, Method::GET, path, vec![])
+            .send(&app)
+            .await;
         check(s, &b, "unknown_gateway");
 
         let (_, metrics) = app.call(Method::GET, "/metrics", None, None).await;
@@ -336,15 +361,29 @@ mod scenarios {
         assert_eq!(r[1]["status"], "applied");
         assert_eq!(r[2]["status"], "duplicate");
         // Again in a second call, and once more by "MQTT": duplicates.
-        let (_, b) = post_events(&app, &gw, &[e1.clone()]).await;
+        let (_, b) = post_events(&app, &gw, std::slice::from_ref(&e1)).await;
         assert_eq!(b["results"][0]["status"], "duplicate");
-        let out = app.state.ingest.submit(gw.id, Via::Mqtt, &[&e1, &e2]).await.unwrap();
-        assert_eq!(out, vec![Outcome::Duplicate, Outcome::Duplicate]);
-        let n = scalar_int(&app, "SELECT COUNT(*) FROM gateway_events WHERE id = $1", &id1.to_string())
+        let out = app
+            .state
+            .ingest
+            .submit(gw.id, Via::Mqtt, &[&e1, &e2])
             .await
             .unwrap();
+        assert_eq!(out, vec![Outcome::Duplicate, Outcome::Duplicate]);
+        let n = scalar_int(
+            &app,
+            "SELECT COUNT(*) FROM gateway_events WHERE id = $1",
+            &id1.to_string(),
+        )
+        .await
+        .unwrap();
         assert_eq!(n, 1, "applied once");
-        let door_closed = scalar_int(&app, "SELECT door_closed FROM locks WHERE id = $1", &w.a.lock_id).await;
+        let door_closed = scalar_int(
+            &app,
+            "SELECT door_closed FROM locks WHERE id = $1",
+            &w.a.lock_id,
+        )
+        .await;
         assert_eq!(door_closed, Some(1), "the newer door event wins");
         assert_eq!(app.state.link_metrics.duplicates_count(), 4);
 
@@ -355,11 +394,25 @@ mod scenarios {
         assert_eq!(s, StatusCode::OK, "{b}");
         let r = b["results"].as_array().unwrap();
         assert!(r.iter().all(|x| x["status"] == "rejected"), "{b}");
-        assert!(r[0]["error"].as_str().unwrap().starts_with("wrong_signer"), "{b}");
-        assert!(r[1]["error"].as_str().unwrap().starts_with("bad_signature"), "{b}");
-        assert!(r[2]["error"].as_str().unwrap().starts_with("malformed"), "{b}");
+        assert!(
+            r[0]["error"].as_str().unwrap().starts_with("wrong_signer"),
+            "{b}"
+        );
+        assert!(
+            r[1]["error"].as_str().unwrap().starts_with("bad_signature"),
+            "{b}"
+        );
+        assert!(
+            r[2]["error"].as_str().unwrap().starts_with("malformed"),
+            "{b}"
+        );
         // Through "MQTT" on gateway 1's topic, the foreign message is refused too.
-        let out = app.state.ingest.submit(gw.id, Via::Mqtt, &[&foreign]).await.unwrap();
+        let out = app
+            .state
+            .ingest
+            .submit(gw.id, Via::Mqtt, &[&foreign])
+            .await
+            .unwrap();
         assert_eq!(out, vec![Outcome::Rejected(RejectReason::WrongSigner)]);
         // A message that names gateway 2 but is signed by gateway 1's key as gw 1.
         let env = dmr_protocol::message::Envelope::new(
@@ -369,7 +422,12 @@ mod scenarios {
             door(t + 9, DoorChange::Opened),
         );
         let naming_other = env.sign(Kid::Gateway(gw.id), &gw.key);
-        let out = app.state.ingest.submit(gw.id, Via::Mqtt, &[&naming_other]).await.unwrap();
+        let out = app
+            .state
+            .ingest
+            .submit(gw.id, Via::Mqtt, &[&naming_other])
+            .await
+            .unwrap();
         assert_eq!(out, vec![Outcome::Rejected(RejectReason::WrongSigner)]);
         let m = &app.state.link_metrics;
         assert_eq!(m.rejected_count("wrong_signer"), 3);
@@ -377,7 +435,12 @@ mod scenarios {
         assert_eq!(m.rejected_count("malformed"), 1);
         // None of them changed the door.
         assert_eq!(
-            scalar_int(&app, "SELECT door_closed FROM locks WHERE id = $1", &w.a.lock_id).await,
+            scalar_int(
+                &app,
+                "SELECT door_closed FROM locks WHERE id = $1",
+                &w.a.lock_id
+            )
+            .await,
             Some(1)
         );
         let n = scalar_int(
@@ -389,7 +452,12 @@ mod scenarios {
         .unwrap();
         assert_eq!(n, 2);
         // Unknown gateway through MQTT.
-        let out = app.state.ingest.submit(Uuid::new_v4(), Via::Mqtt, &[&e1]).await.unwrap();
+        let out = app
+            .state
+            .ingest
+            .submit(Uuid::new_v4(), Via::Mqtt, &[&e1])
+            .await
+            .unwrap();
         assert_eq!(out, vec![Outcome::Rejected(RejectReason::UnknownGateway)]);
 
         // A heartbeat cannot touch another gateway's lock.
@@ -399,7 +467,12 @@ mod scenarios {
             t,
             heartbeat(vec![lock_status(&w.b.lock_id, 1, true, true, "9.9.9")]),
         );
-        let out = app.state.ingest.submit(gw.id, Via::Mqtt, &[&hb]).await.unwrap();
+        let out = app
+            .state
+            .ingest
+            .submit(gw.id, Via::Mqtt, &[&hb])
+            .await
+            .unwrap();
         assert_eq!(out, vec![Outcome::Applied]);
         assert_eq!(
             scalar_text(&app, "SELECT status FROM locks WHERE id = $1", &w.b.lock_id).await,
@@ -407,9 +480,18 @@ mod scenarios {
         );
         let (_, metrics) = app.call(Method::GET, "/metrics", None, None).await;
         let text = metrics.as_str().unwrap();
-        assert!(text.contains("dmr_link_messages_applied_total{type=\"event\"} 2"), "{text}");
-        assert!(text.contains("dmr_link_duplicates_dropped_total 4"), "{text}");
-        assert!(text.contains("dmr_link_messages_rejected_total{reason=\"wrong_signer\"} 3"), "{text}");
+        assert!(
+            text.contains("dmr_link_messages_applied_total{type=\"event\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dmr_link_duplicates_dropped_total 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dmr_link_messages_rejected_total{reason=\"wrong_signer\"} 3"),
+            "{text}"
+        );
         app.stop().await;
     }
 
@@ -419,20 +501,80 @@ mod scenarios {
         let gw = enroll(&app, &w.a.owner, &w.a.venue_id, Some(&w.a.gateway_id)).await;
         let g = gw.id.to_string();
         let t = now_ms();
-        let (_, hb_new) = signed(gw.id, &gw.key, t, heartbeat(vec![lock_status(&w.a.lock_id, 1, true, true, "1.2.3")]));
-        let (_, hb_old) = signed(gw.id, &gw.key, t - 10_000, heartbeat(vec![lock_status(&w.a.lock_id, 1, false, false, "1.0.0")]));
+        let (_, hb_new) = signed(
+            gw.id,
+            &gw.key,
+            t,
+            heartbeat(vec![lock_status(&w.a.lock_id, 1, true, true, "1.2.3")]),
+        );
+        let (_, hb_old) = signed(
+            gw.id,
+            &gw.key,
+            t - 10_000,
+            heartbeat(vec![lock_status(&w.a.lock_id, 1, false, false, "1.0.0")]),
+        );
         let (s, b) = post_events(&app, &gw, &[hb_new, hb_old]).await;
         assert_eq!(s, StatusCode::OK);
-        assert!(b["results"].as_array().unwrap().iter().all(|r| r["status"] == "applied"), "{b}");
-        let (_, l) = app.get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner).await;
+        assert!(
+            b["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["status"] == "applied"),
+            "{b}"
+        );
+        let (_, l) = app
+            .get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner)
+            .await;
         assert_eq!(l["status"], "online", "{l}");
-        assert_eq!(scalar_text(&app, "SELECT fw_version FROM locks WHERE id = $1", &w.a.lock_id).await, Some("1.2.3".into()));
-        assert_eq!(scalar_int(&app, "SELECT door_closed FROM locks WHERE id = $1", &w.a.lock_id).await, Some(1));
-        assert_eq!(scalar_int(&app, "SELECT locked FROM locks WHERE id = $1", &w.a.lock_id).await, Some(1));
-        assert_eq!(scalar_int(&app, "SELECT last_heartbeat_at FROM locks WHERE id = $1", &w.a.lock_id).await, Some(t));
-        assert_eq!(scalar_int(&app, "SELECT outbox_pending FROM gateways WHERE id = $1", &g).await, Some(3));
-        assert_eq!(scalar_int(&app, "SELECT last_seen_at FROM gateways WHERE id = $1", &g).await, Some(t));
-        assert_eq!(scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await, Some(1));
+        assert_eq!(
+            scalar_text(
+                &app,
+                "SELECT fw_version FROM locks WHERE id = $1",
+                &w.a.lock_id
+            )
+            .await,
+            Some("1.2.3".into())
+        );
+        assert_eq!(
+            scalar_int(
+                &app,
+                "SELECT door_closed FROM locks WHERE id = $1",
+                &w.a.lock_id
+            )
+            .await,
+            Some(1)
+        );
+        assert_eq!(
+            scalar_int(&app, "SELECT locked FROM locks WHERE id = $1", &w.a.lock_id).await,
+            Some(1)
+        );
+        assert_eq!(
+            scalar_int(
+                &app,
+                "SELECT last_heartbeat_at FROM locks WHERE id = $1",
+                &w.a.lock_id
+            )
+            .await,
+            Some(t)
+        );
+        assert_eq!(
+            scalar_int(
+                &app,
+                "SELECT outbox_pending FROM gateways WHERE id = $1",
+                &g
+            )
+            .await,
+            Some(3)
+        );
+        assert_eq!(
+            scalar_int(&app, "SELECT last_seen_at FROM gateways WHERE id = $1", &g).await,
+            Some(t)
+        );
+        assert_eq!(
+            scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
+            Some(1)
+        );
         let (_, metrics) = app.call(Method::GET, "/metrics", None, None).await;
         let text = metrics.as_str().unwrap();
         assert!(text.contains("dmr_locks_online 1"), "{text}");
@@ -445,28 +587,68 @@ mod scenarios {
         let (_, online) = signed(gw.id, &gw.key, t + 200, state(true));
         let (_, old_online) = signed(gw.id, &gw.key, t + 150, state(true));
         let ing = &app.state.ingest;
-        assert_eq!(ing.submit(gw.id, Via::Mqtt, &[&online]).await.unwrap(), vec![Outcome::Applied]);
-        assert_eq!(scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await, Some(1));
+        assert_eq!(
+            ing.submit(gw.id, Via::Mqtt, &[&online]).await.unwrap(),
+            vec![Outcome::Applied]
+        );
+        assert_eq!(
+            scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
+            Some(1)
+        );
         ing.submit(gw.id, Via::Mqtt, &[&will]).await.unwrap();
-        assert_eq!(scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await, Some(0), "the Will wins");
+        assert_eq!(
+            scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
+            Some(0),
+            "the Will wins"
+        );
         ing.submit(gw.id, Via::Mqtt, &[&old_online]).await.unwrap();
-        assert_eq!(scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await, Some(0), "older online ignored");
+        assert_eq!(
+            scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
+            Some(0),
+            "older online ignored"
+        );
         // A newer session's online brings it back.
         let (_, online2) = signed(gw.id, &gw.key, t + 300, state(true));
         ing.submit(gw.id, Via::Mqtt, &[&online2]).await.unwrap();
-        assert_eq!(scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await, Some(1));
+        assert_eq!(
+            scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
+            Some(1)
+        );
         // lock_offline alarm sets the lock offline and raises an alarm; lock_online clears it.
         let lock = Uuid::parse_str(&w.a.lock_id).unwrap();
-        let alarm = |k, at: i64| Message::Event(Event::Alarm(AlarmEvent { lock_id: lock, alarm: k, detail: None, at: u64::try_from(at).unwrap() }));
-        let (_, off) = signed(gw.id, &gw.key, t + 400, alarm(AlarmKind::LockOffline, t + 400));
+        let alarm = |k, at: i64| {
+            Message::Event(Event::Alarm(AlarmEvent {
+                lock_id: lock,
+                alarm: k,
+                detail: None,
+                at: u64::try_from(at).unwrap(),
+            }))
+        };
+        let (_, off) = signed(
+            gw.id,
+            &gw.key,
+            t + 400,
+            alarm(AlarmKind::LockOffline, t + 400),
+        );
         ing.submit(gw.id, Via::Http, &[&off]).await.unwrap();
-        let (_, l) = app.get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner).await;
+        let (_, l) = app
+            .get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner)
+            .await;
         assert_eq!(l["status"], "offline");
-        let (_, on) = signed(gw.id, &gw.key, t + 500, alarm(AlarmKind::LockOnline, t + 500));
+        let (_, on) = signed(
+            gw.id,
+            &gw.key,
+            t + 500,
+            alarm(AlarmKind::LockOnline, t + 500),
+        );
         ing.submit(gw.id, Via::Http, &[&on]).await.unwrap();
-        let (_, l) = app.get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner).await;
+        let (_, l) = app
+            .get(&format!("/api/v1/locks/{}", w.a.lock_id), &w.a.owner)
+            .await;
         assert_eq!(l["status"], "online");
-        let (_, a) = app.get("/api/v1/alarms?kind=lock_offline", &w.a.owner).await;
+        let (_, a) = app
+            .get("/api/v1/alarms?kind=lock_offline", &w.a.owner)
+            .await;
         assert_eq!(a["total"], 1, "{a}");
         assert_eq!(a["items"][0]["cleared_at"], t + 500);
         app.stop().await;
@@ -499,10 +681,19 @@ mod scenarios {
         let w = seed_world(&app).await;
         let gw = enroll(&app, &w.a.owner, &w.a.venue_id, Some(&w.a.gateway_id)).await;
         let trusted = trusted_of(&gw.enrolled["trusted_keys"]);
-        let r = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync?tokens_after=&revocations_version=0&config_version=0", vec![]);
+        let r = SignedReq::new(
+            &gw,
+            Method::GET,
+            "/api/v1/gateway/sync?tokens_after=&revocations_version=0&config_version=0",
+            vec![],
+        );
         let before = now_ms();
         let (s, ct, body) = r.send(&app).await;
-        assert_eq!((s, ct.as_deref()), (StatusCode::OK, Some("application/jose")), "{body}");
+        assert_eq!(
+            (s, ct.as_deref()),
+            (StatusCode::OK, Some("application/jose")),
+            "{body}"
+        );
         let (kid, p) = verify_sync(&body, &trusted);
         assert_eq!(kid, Kid::Cloud(1));
         assert_eq!(p["v"], 1);
@@ -521,27 +712,62 @@ mod scenarios {
         let g = gw.id.to_string();
         let mut conn = app.state.db.pool.acquire().await.unwrap();
         let far = now_ms() / 1000 + 3600;
-        dmr_cloud::link::sync::queue_token(&mut conn, &g, &Uuid::new_v4().to_string(), "DMR1.one", far).await.unwrap();
-        dmr_cloud::link::sync::queue_token(&mut conn, &g, &Uuid::new_v4().to_string(), "DMR1.two", far).await.unwrap();
-        dmr_cloud::link::sync::queue_token(&mut conn, &g, &Uuid::new_v4().to_string(), "DMR1.expired", 5).await.unwrap();
+        dmr_cloud::link::sync::queue_token(
+            &mut conn,
+            &g,
+            &Uuid::new_v4().to_string(),
+            "DMR1.one",
+            far,
+        )
+        .await
+        .unwrap();
+        dmr_cloud::link::sync::queue_token(
+            &mut conn,
+            &g,
+            &Uuid::new_v4().to_string(),
+            "DMR1.two",
+            far,
+        )
+        .await
+        .unwrap();
+        dmr_cloud::link::sync::queue_token(
+            &mut conn,
+            &g,
+            &Uuid::new_v4().to_string(),
+            "DMR1.expired",
+            5,
+        )
+        .await
+        .unwrap();
         let revoked = Uuid::new_v4().to_string();
-        let v1 = dmr_cloud::link::sync::revoke_token(&mut conn, &g, &revoked, far).await.unwrap();
+        let v1 = dmr_cloud::link::sync::revoke_token(&mut conn, &g, &revoked, far)
+            .await
+            .unwrap();
         drop(conn);
-        tokio::time::sleep(Duration::from_millis(dmr_cloud::link::sync::TOKEN_LAG_MS as u64 + 100)).await;
-        let (_, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync", vec![]).send(&app).await;
+        tokio::time::sleep(Duration::from_millis(
+            dmr_cloud::link::sync::TOKEN_LAG_MS as u64 + 100,
+        ))
+        .await;
+        let (_, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync", vec![])
+            .send(&app)
+            .await;
         let (_, p) = verify_sync(&body, &trusted);
         assert_eq!(p["tokens"]["put"], json!(["DMR1.one", "DMR1.two"]));
         assert_eq!(p["revocations"]["version"], v1);
         assert_eq!(p["revocations"]["token_ids"], json!([revoked]));
         let cursor = p["tokens"]["cursor"].as_str().unwrap().to_string();
         let path = format!("/api/v1/gateway/sync?tokens_after={cursor}&revocations_version={v1}");
-        let (_, _, body) = SignedReq::new(&gw, Method::GET, &path, vec![]).send(&app).await;
+        let (_, _, body) = SignedReq::new(&gw, Method::GET, &path, vec![])
+            .send(&app)
+            .await;
         let (_, p) = verify_sync(&body, &trusted);
         assert_eq!(p["tokens"]["put"], json!([]), "nothing after the cursor");
         assert_eq!(p["tokens"]["cursor"], cursor.as_str());
         assert!(p["revocations"].is_null(), "not newer than the caller's");
         let path = format!("/api/v1/gateway/sync?revocations_version={}", v1 - 1);
-        let (_, _, body) = SignedReq::new(&gw, Method::GET, &path, vec![]).send(&app).await;
+        let (_, _, body) = SignedReq::new(&gw, Method::GET, &path, vec![])
+            .send(&app)
+            .await;
         let (_, p) = verify_sync(&body, &trusted);
         assert_eq!(p["revocations"]["version"], v1);
         // Config when newer.
@@ -550,15 +776,36 @@ mod scenarios {
             .execute(&app.state.db.pool)
             .await
             .unwrap();
-        let (_, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync?config_version=1", vec![]).send(&app).await;
+        let (_, _, body) = SignedReq::new(
+            &gw,
+            Method::GET,
+            "/api/v1/gateway/sync?config_version=1",
+            vec![],
+        )
+        .send(&app)
+        .await;
         let (_, p) = verify_sync(&body, &trusted);
         assert_eq!(p["config"]["version"], 2);
         assert_eq!(p["config"]["heartbeat_interval_s"], 30);
         // Bad query values are 422 naming the parameter.
-        let (s, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync?revocations_version=x", vec![]).send(&app).await;
+        let (s, _, body) = SignedReq::new(
+            &gw,
+            Method::GET,
+            "/api/v1/gateway/sync?revocations_version=x",
+            vec![],
+        )
+        .send(&app)
+        .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(body.contains("revocations_version"));
-        let (s, _, _) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync?tokens_after=nope", vec![]).send(&app).await;
+        let (s, _, _) = SignedReq::new(
+            &gw,
+            Method::GET,
+            "/api/v1/gateway/sync?tokens_after=nope",
+            vec![],
+        )
+        .send(&app)
+        .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         app.stop().await;
     }
@@ -571,16 +818,20 @@ mod scenarios {
         let keys = &app.state.keys;
         let first = keys.signer().await.unwrap();
         // Not stored in clear: neither the seed, its PEM, nor the seed's base64url.
-        let enc: String = sqlx::query_scalar("SELECT private_key_enc FROM cloud_keys WHERE key_id = $1")
-            .bind(1_i64)
-            .fetch_one(&app.state.db.pool)
-            .await
-            .unwrap();
+        let enc: String =
+            sqlx::query_scalar("SELECT private_key_enc FROM cloud_keys WHERE key_id = $1")
+                .bind(1_i64)
+                .fetch_one(&app.state.db.pool)
+                .await
+                .unwrap();
         let seed = first.key.to_bytes();
         assert!(!enc.contains(&dmr_protocol::b64::encode(seed)));
         assert!(!enc.contains("PRIVATE KEY"));
         let raw = dmr_protocol::b64::decode(&enc).unwrap();
-        assert!(!raw.windows(32).any(|w| w == seed), "seed bytes appear in the stored column");
+        assert!(
+            !raw.windows(32).any(|w| w == seed),
+            "seed bytes appear in the stored column"
+        );
 
         let new_id = keys.rotate(Duration::from_secs(3600)).await.unwrap();
         assert_eq!(new_id, 2);
@@ -591,13 +842,19 @@ mod scenarios {
         let old = trusted.iter().find(|k| k.key_id == 1).unwrap();
         let overlap_end = old.not_after_ms.unwrap();
         assert!(overlap_end > now_ms() + 3_500_000);
-        assert!(trusted.iter().any(|k| k.key_id == 2 && k.not_after_ms.is_none()));
+        assert!(
+            trusted
+                .iter()
+                .any(|k| k.key_id == 2 && k.not_after_ms.is_none())
+        );
         // The sync answer is signed by key 2, verifiable by a gateway that only knew key 1?
         // No: the gateway must learn key 2, and learns it from an answer signed by key 2
         // only if it already trusts it; so during the overlap the answer lists both keys
         // and is signed by the active one, which the gateway got at enrollment or earlier
         // syncs. Here: the new key verifies it, the old trust does not.
-        let (_, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync", vec![]).send(&app).await;
+        let (_, _, body) = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync", vec![])
+            .send(&app)
+            .await;
         let (kid, p) = verify_sync(&body, &keys.trusted_verifying_keys().await.unwrap());
         assert_eq!(kid, Kid::Cloud(2));
         assert_eq!(p["trusted_keys"].as_array().unwrap().len(), 2);
@@ -611,13 +868,21 @@ mod scenarios {
             .unwrap();
         keys.invalidate();
         let trusted = keys.trusted().await.unwrap();
-        assert_eq!(trusted.iter().map(|k| k.key_id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            trusted.iter().map(|k| k.key_id).collect::<Vec<_>>(),
+            vec![2]
+        );
         keys.rotate(Duration::from_secs(0)).await.unwrap();
         let list = keys.list().await.unwrap();
-        let status: Vec<(i64, String)> = list.iter().map(|k| (k.key_id, k.status.clone())).collect();
+        let status: Vec<(i64, String)> =
+            list.iter().map(|k| (k.key_id, k.status.clone())).collect();
         assert_eq!(
             status,
-            vec![(3, "active".into()), (2, "retiring".into()), (1, "retired".into())]
+            vec![
+                (3, "active".into()),
+                (2, "retiring".into()),
+                (1, "retired".into())
+            ]
         );
 
         // A wrong master key stops the start-up with a message that says so.
@@ -636,7 +901,12 @@ mod scenarios {
     }
 
     /// Reads SSE text from a streaming response until `pred` holds or `deadline` passes.
-    async fn read_until(resp: &mut reqwest::Response, buf: &mut String, deadline: Duration, pred: impl Fn(&str) -> bool) -> bool {
+    async fn read_until(
+        resp: &mut reqwest::Response,
+        buf: &mut String,
+        deadline: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> bool {
         let end = tokio::time::Instant::now() + deadline;
         while !pred(buf) {
             let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -652,13 +922,21 @@ mod scenarios {
     }
 
     async fn open_live(app: &TestApp, token: &str, last: Option<&str>) -> reqwest::Response {
-        let mut req = app.client.get(app.url_of("/api/v1/live")).bearer_auth(token);
+        let mut req = app
+            .client
+            .get(app.url_of("/api/v1/live"))
+            .bearer_auth(token);
         if let Some(l) = last {
             req = req.header("last-event-id", l);
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
         resp
     }
 
@@ -672,25 +950,52 @@ mod scenarios {
         let mut admin = open_live(&app, &w.admin, None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t = now_ms();
-        let (_, hb) = signed(gw_a.id, &gw_a.key, t, heartbeat(vec![lock_status(&w.a.lock_id, 1, true, false, "2.0.0")]));
-        app.state.ingest.submit(gw_a.id, Via::Mqtt, &[&hb]).await.unwrap();
+        let (_, hb) = signed(
+            gw_a.id,
+            &gw_a.key,
+            t,
+            heartbeat(vec![lock_status(&w.a.lock_id, 1, true, false, "2.0.0")]),
+        );
+        app.state
+            .ingest
+            .submit(gw_a.id, Via::Mqtt, &[&hb])
+            .await
+            .unwrap();
         let (mut ba, mut bb, mut bad) = (String::new(), String::new(), String::new());
         let lock_a = w.a.lock_id.clone();
         assert!(
-            read_until(&mut a, &mut ba, Duration::from_secs(5), |s| s.contains(&lock_a)).await,
+            read_until(&mut a, &mut ba, Duration::from_secs(5), |s| s
+                .contains(&lock_a))
+            .await,
             "tenant A sees its lock change: {ba}"
         );
         assert!(ba.contains("event: lock"), "{ba}");
         assert!(ba.contains("\"status\":\"online\""), "{ba}");
         assert!(
-            read_until(&mut admin, &mut bad, Duration::from_secs(5), |s| s.contains(&lock_a)).await,
+            read_until(&mut admin, &mut bad, Duration::from_secs(5), |s| s
+                .contains(&lock_a))
+            .await,
             "the platform admin sees every tenant: {bad}"
         );
         // Tenant B's own change arrives; A's never does.
-        let (_, hb) = signed(gw_b.id, &gw_b.key, t, heartbeat(vec![lock_status(&w.b.lock_id, 1, true, true, "2.0.0")]));
-        app.state.ingest.submit(gw_b.id, Via::Mqtt, &[&hb]).await.unwrap();
+        let (_, hb) = signed(
+            gw_b.id,
+            &gw_b.key,
+            t,
+            heartbeat(vec![lock_status(&w.b.lock_id, 1, true, true, "2.0.0")]),
+        );
+        app.state
+            .ingest
+            .submit(gw_b.id, Via::Mqtt, &[&hb])
+            .await
+            .unwrap();
         let lock_b = w.b.lock_id.clone();
-        assert!(read_until(&mut b, &mut bb, Duration::from_secs(5), |s| s.contains(&lock_b)).await, "{bb}");
+        assert!(
+            read_until(&mut b, &mut bb, Duration::from_secs(5), |s| s
+                .contains(&lock_b))
+            .await,
+            "{bb}"
+        );
         read_until(&mut b, &mut bb, Duration::from_millis(1200), |_| false).await;
         assert!(!bb.contains(&lock_a), "tenant B saw tenant A's lock: {bb}");
         assert!(!bb.contains(&w.a.merchant_id), "{bb}");
@@ -710,15 +1015,24 @@ mod scenarios {
             at: u64::try_from(t + 50).unwrap(),
         }));
         let (_, ev) = signed(gw_a.id, &gw_a.key, t + 50, door);
-        app.state.ingest.submit(gw_a.id, Via::Http, &[&ev]).await.unwrap();
+        app.state
+            .ingest
+            .submit(gw_a.id, Via::Http, &[&ev])
+            .await
+            .unwrap();
         drop(a);
         let mut again = open_live(&app, &w.a.owner, Some(&first_id)).await;
         let mut buf = String::new();
         assert!(
-            read_until(&mut again, &mut buf, Duration::from_secs(5), |s| s.contains("\"door_closed\":true")).await,
+            read_until(&mut again, &mut buf, Duration::from_secs(5), |s| s
+                .contains("\"door_closed\":true"))
+            .await,
             "{buf}"
         );
-        assert!(!buf.contains(&format!("id: {first_id}")), "the resumed-from event is not resent: {buf}");
+        assert!(
+            !buf.contains(&format!("id: {first_id}")),
+            "the resumed-from event is not resent: {buf}"
+        );
         drop((b, admin, again));
         // A technician has device:read too; an anonymous caller gets 401.
         let (s, _) = app.call(Method::GET, "/api/v1/live", None, None).await;
@@ -759,19 +1073,32 @@ mod scenarios {
         let id = mine[0]["id"].as_str().unwrap().to_string();
         let (_, other) = app.get("/api/v1/alarms", &w.b.owner).await;
         assert!(
-            other["items"].as_array().unwrap().iter().all(|a| a["merchant_id"] == w.b.merchant_id.as_str()),
+            other["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["merchant_id"] == w.b.merchant_id.as_str()),
             "{other}"
         );
         // Tenant B cannot acknowledge it; A can, and it leaves the open list.
-        let (s, _) = app.post(&format!("/api/v1/alarms/{id}/ack"), &w.b.owner, json!({})).await;
+        let (s, _) = app
+            .post(&format!("/api/v1/alarms/{id}/ack"), &w.b.owner, json!({}))
+            .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        let (s, a) = app.post(&format!("/api/v1/alarms/{id}/ack"), &w.a.owner, json!({})).await;
+        let (s, a) = app
+            .post(&format!("/api/v1/alarms/{id}/ack"), &w.a.owner, json!({}))
+            .await;
         assert_eq!(s, StatusCode::OK, "{a}");
         assert!(a["acked_at"].is_i64());
-        let (_, list) = app.get("/api/v1/alarms?open=true&kind=forced_open", &w.a.owner).await;
+        let (_, list) = app
+            .get("/api/v1/alarms?open=true&kind=forced_open", &w.a.owner)
+            .await;
         assert_eq!(list["total"], 0);
         let (s, b) = app.get("/api/v1/alarms?open=maybe", &w.a.owner).await;
-        assert_eq!((s, b["error"]["details"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("open")));
+        assert_eq!(
+            (s, b["error"]["details"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("open"))
+        );
         app.stop().await;
     }
 
@@ -791,10 +1118,24 @@ mod scenarios {
         let b: Value = resp.json().await.unwrap();
         assert_eq!(error_code(&b), "malformed_json");
         let (s, b) = enroll_raw(&app, json!({ "code": 5, "public_key": "x", "pop": "y" })).await;
-        assert_eq!((s, b["error"]["details"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("code")));
-        let (s, b) = enroll_raw(&app, json!({ "code": "ABCDE-FGHJK", "public_key": "short", "pop": "y" })).await;
-        assert_eq!((s, b["error"]["details"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("public_key")));
-        let (s, b) = enroll_raw(&app, json!({ "code": "ABCDE-FGHJK", "public_key": "x", "pop": "y", "merchant_id": "m" })).await;
+        assert_eq!(
+            (s, b["error"]["details"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("code"))
+        );
+        let (s, b) = enroll_raw(
+            &app,
+            json!({ "code": "ABCDE-FGHJK", "public_key": "short", "pop": "y" }),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["details"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("public_key"))
+        );
+        let (s, b) = enroll_raw(
+            &app,
+            json!({ "code": "ABCDE-FGHJK", "public_key": "x", "pop": "y", "merchant_id": "m" }),
+        )
+        .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         let big = "x".repeat(2 << 20);
         let resp = app
@@ -811,7 +1152,8 @@ mod scenarios {
 
         // Events drain: garbage JSON, wrong types, too many messages, oversize.
         let gw = enroll(&app, &w.a.owner, &w.a.venue_id, None).await;
-        let send = |body: Vec<u8>| SignedReq::new(&gw, Method::POST, "/api/v1/gateway/events", body);
+        let send =
+            |body: Vec<u8>| SignedReq::new(&gw, Method::POST, "/api/v1/gateway/events", body);
         let (s, _, b) = send(b"{not json".to_vec()).send(&app).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
         assert!(b.contains("malformed_json"));

@@ -133,7 +133,10 @@ pub async fn post_events(app: &TestApp, gw: &Gw, messages: &[String]) -> (Status
     let (s, _, text) = SignedReq::new(gw, Method::POST, "/api/v1/gateway/events", body)
         .send(app)
         .await;
-    (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A message signed by `key` as gateway `gw`.

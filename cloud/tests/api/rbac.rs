@@ -75,7 +75,13 @@ mod scenarios {
                         let (s, b) = app
                             .call(route.method.clone(), route.path, token, body.clone())
                             .await;
-                        assert_eq!(s, StatusCode::UNAUTHORIZED, "{} {}", route.method, route.path);
+                        assert_eq!(
+                            s,
+                            StatusCode::UNAUTHORIZED,
+                            "{} {}",
+                            route.method,
+                            route.path
+                        );
                         assert_eq!(error_code(&b), "gateway_auth_failed");
                         checked += 1;
                     }
