@@ -27,6 +27,7 @@ pub mod gateways;
 pub mod health;
 pub mod http;
 pub mod jobs;
+pub mod link;
 pub mod locks;
 pub mod merchants;
 pub mod openapi;
@@ -47,4 +48,9 @@ pub struct AppState {
     pub jwt: Arc<auth::jwt::JwtKeys>,
     pub metrics: Arc<http::metrics::Metrics>,
     pub limiter: Arc<http::ratelimit::RateLimiter>,
+    pub keys: Arc<link::keys::KeyRing>,
+    pub ingest: Arc<link::ingest::Ingest>,
+    /// The broker connection (consumed by the bridge task, published on by commands).
+    pub mqtt: Arc<link::bridge::MqttLink>,
+    pub commands: Arc<link::commands::Commands>,
 }
