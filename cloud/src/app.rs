@@ -25,7 +25,7 @@ use crate::{
 
 /// Every route the service serves, with who may call it.
 pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
-    use Access::{Authenticated, Infra, Perm, Public};
+    use Access::{Authenticated, Gateway, Infra, Perm, Public};
     let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
     RouteTable::new(state)
         .add(get.clone(), "/health", Infra, health::health)
@@ -260,6 +260,44 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Perm(P::DeviceWrite),
             enrollment::handlers::delete,
         )
+        // The gateway link: enrollment (public, rate limited) and gateway-signed requests.
+        .add(
+            Method::POST,
+            "/api/v1/gateway/enroll",
+            Public,
+            link::enroll::enroll,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/gateway/events",
+            Gateway,
+            link::sync::events,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/gateway/sync",
+            Gateway,
+            link::sync::sync,
+        )
+        // Console: live changes and alarms.
+        .add(
+            Method::GET,
+            "/api/v1/live",
+            Perm(P::DeviceRead),
+            link::live::live,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/alarms",
+            Perm(P::DeviceRead),
+            link::alarms::list,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/alarms/{id}/ack",
+            Perm(P::DeviceWrite),
+            link::alarms::ack,
+        )
         .finish()
 }
 
@@ -294,9 +332,16 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         }
     };
     let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
-    let keys = Arc::new(crate::link::keys::KeyRing::new(
-        dmr_protocol::keys::generate(), // TODO(merge): A1's KeyRing
-    ));
+    let master = config
+        .keys
+        .master_key
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}", crate::config::MASTER_KEY_HELP))?;
+    let keys = crate::link::keys::KeyRing::new(db.clone(), master);
+    keys.ensure().await.context("cloud signing keys")?;
+    let link_metrics = Arc::new(crate::link::metrics::LinkMetrics::default());
+    let ingest = crate::link::ingest::Ingest::new(db.clone(), link_metrics.clone());
+    let keys = Arc::new(keys);
     let mqtt = crate::link::bridge::MqttLink::new(&config.mqtt)?;
     let commands = Arc::new(crate::link::commands::Commands::new(
         db.clone(),
@@ -304,10 +349,12 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         mqtt.clone(),
     ));
     let state = AppState {
-        keys,
-        ingest: Arc::new(crate::link::ingest::Ingest),
         mqtt,
         commands,
+        stop: Arc::new(tokio::sync::watch::channel(false).0),
+        keys,
+        ingest: Arc::new(ingest),
+        link_metrics,
         db,
         jwt: Arc::new(jwt),
         metrics: Arc::new(Metrics::default()),
@@ -334,6 +381,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let stop = app.state.stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // End the live streams, or graceful shutdown would wait for them forever.
+        stop.send_replace(true);
+    };
     axum::serve(
         listener,
         app.router
@@ -362,6 +415,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::time::Duration::from_secs(600),
         stop_rx.clone(),
     ));
+    let prune = tokio::spawn(crate::link::gwauth::run_prune(
+        app.state.clone(),
+        format!("{}:{}", hostname(), std::process::id()),
+        std::time::Duration::from_secs(60),
+        stop_rx.clone(),
+    ));
     let (bridge, liveness) = spawn_link(&app.state, &holder, &stop_rx);
     let mut server_stop = stop_rx;
     let server = serve(app, listener, async move {
@@ -380,6 +439,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Whatever ended first, tell the jobs too.
     let _ = stop_tx.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), prune)
+        .await
+        .is_err()
+    {
+        tracing::warn!("link prune job did not stop within 10 s");
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(10), cleanup).await {
         Ok(Ok(())) => tracing::info!("cleanup job stopped"),
         Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),

@@ -80,6 +80,27 @@ pub struct RateLimitConfig {
     pub per_minute: u32,
 }
 
+/// Cloud signing keys.
+#[derive(Clone, Debug)]
+pub struct KeysConfig {
+    /// 32-byte AES-256 key that encrypts the cloud's private signing keys at rest. Only
+    /// from the environment (`DMR_MASTER_KEY`, base64), never from the file, so the file
+    /// and the database together do not give the keys away. `serve` and `keys` refuse to
+    /// start without it.
+    pub master_key: Option<Secret<[u8; 32]>>,
+}
+
+/// What enrollment and sync tell gateways.
+#[derive(Clone, Debug)]
+pub struct GatewayLinkConfig {
+    /// The MQTT URL handed to gateways at enrollment.
+    pub mqtt_url: String,
+    /// Default heartbeat interval for gateways (seconds).
+    pub heartbeat_interval_s: u32,
+    /// Default tolerated clock difference for unlock tokens (seconds).
+    pub token_skew_s: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -158,6 +179,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub keys: KeysConfig,
+    pub gateway: GatewayLinkConfig,
     pub log: LogConfig,
     pub mqtt: MqttConfig,
 }
@@ -226,6 +249,9 @@ pub const KEYS: &[&str] = &[
     "auth.login_window_secs",
     "auth.login_lockout_secs",
     "rate_limit.per_minute",
+    "gateway.mqtt_url",
+    "gateway.heartbeat_interval_s",
+    "gateway.token_skew_s",
     "log.format",
     "log.filter",
     "mqtt.enabled",
@@ -242,6 +268,32 @@ pub const KEYS: &[&str] = &[
     "mqtt.queue",
     "mqtt.inflight",
 ];
+
+/// The environment variable that holds the master key (`keys.master_key`, environment only).
+pub const MASTER_KEY_ENV: &str = "DMR_MASTER_KEY";
+
+/// How to make a master key, for error messages.
+pub const MASTER_KEY_HELP: &str = "set DMR_MASTER_KEY to 32 random bytes in base64 \
+     (make one with `openssl rand -base64 32` or `dmr-cloud keys new-master`) and keep it \
+     outside the database backups";
+
+/// Parses a base64 (standard or url-safe, padded or not) 32-byte master key.
+pub fn parse_master_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let t = text.trim();
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let raw = engines
+        .iter()
+        .find_map(|e| e.decode(t).ok())
+        .ok_or_else(|| format!("not base64; {MASTER_KEY_HELP}"))?;
+    <[u8; 32]>::try_from(raw.as_slice())
+        .map_err(|_| format!("decodes to {} bytes, not 32; {MASTER_KEY_HELP}", raw.len()))
+}
 
 /// The environment variable for a key path.
 pub fn env_name(path: &str) -> String {
@@ -293,6 +345,20 @@ impl Config {
             }
         }
 
+        let master_key = match env.get(MASTER_KEY_ENV) {
+            None => None,
+            Some(text) => match parse_master_key(text) {
+                Ok(k) => Some(Secret::new(k)),
+                Err(message) => {
+                    issues.push(ConfigIssue {
+                        path: "keys.master_key".into(),
+                        message: format!("{message} (from environment variable {MASTER_KEY_ENV})"),
+                    });
+                    None
+                }
+            },
+        };
+
         let mut r = Reader {
             raw: &raw,
             issues: &mut issues,
@@ -321,6 +387,12 @@ impl Config {
             },
             rate_limit: RateLimitConfig {
                 per_minute: r.int("rate_limit.per_minute", 100, 1, 1_000_000),
+            },
+            keys: KeysConfig { master_key },
+            gateway: GatewayLinkConfig {
+                mqtt_url: r.string("gateway.mqtt_url", "mqtt://127.0.0.1:1883"),
+                heartbeat_interval_s: r.int("gateway.heartbeat_interval_s", 30, 5, 3600),
+                token_skew_s: r.int("gateway.token_skew_s", 120, 0, 3600),
             },
             log: LogConfig {
                 format: r.choice(
@@ -367,6 +439,13 @@ impl Config {
             issues.push(ConfigIssue {
                 path: "auth.jwt_secret".into(),
                 message: "must be at least 32 characters".into(),
+            });
+        }
+        let mqtt = &config.gateway.mqtt_url;
+        if !(mqtt.starts_with("mqtt://") || mqtt.starts_with("mqtts://")) {
+            issues.push(ConfigIssue {
+                path: "gateway.mqtt_url".into(),
+                message: "must be an mqtt:// or mqtts:// URL".into(),
             });
         }
         let base = &config.server.public_base_url;
@@ -454,7 +533,12 @@ pub fn unknown_env_keys(env: impl IntoIterator<Item = (String, String)>) -> Vec<
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("DMR_"))
         .filter(|k| !known.contains(k))
-        .filter(|k| k != "DMR_CONFIG" && k != "DMR_REQUIRE_PG" && !k.starts_with("DMR_TEST_"))
+        .filter(|k| {
+            k != "DMR_CONFIG"
+                && k != "DMR_REQUIRE_PG"
+                && k != MASTER_KEY_ENV
+                && !k.starts_with("DMR_TEST_")
+        })
         .collect();
     unknown.sort();
     unknown
@@ -475,6 +559,14 @@ fn flatten(
         };
         match v {
             toml::Value::Table(inner) => flatten(inner, &path, file, out, issues),
+            _ if path == "keys.master_key" => issues.push(ConfigIssue {
+                path,
+                message: format!(
+                    "the master key is read only from the environment ({MASTER_KEY_ENV}), \
+                     never from a file (in file {}); remove it there",
+                    file.display()
+                ),
+            }),
             _ if KEYS.contains(&path.as_str()) => {
                 out.insert(
                     path,

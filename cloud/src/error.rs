@@ -40,6 +40,13 @@ pub enum ApiError {
     /// A dependency (the MQTT broker) is down; retrying later can succeed.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    #[error("enrollment code invalid")]
+    EnrollmentCodeInvalid,
+    #[error("gateway authentication failed ({reason}): {message}")]
+    GatewayAuth {
+        reason: &'static str,
+        message: String,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -142,6 +149,19 @@ impl ApiError {
                 code,
                 message.clone(),
                 Value::Null,
+            ),
+            EnrollmentCodeInvalid => (
+                StatusCode::FORBIDDEN,
+                "enrollment_code_invalid",
+                "the enrollment code is unknown, used, revoked or expired; ask for a new code"
+                    .into(),
+                Value::Null,
+            ),
+            GatewayAuth { reason, message } => (
+                StatusCode::UNAUTHORIZED,
+                "gateway_auth_failed",
+                message.clone(),
+                json!({ "reason": reason }),
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -41,6 +41,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.render();
+    text.push_str(&state.link_metrics.render());
+    text.push_str(&crate::link::metrics::render_gauges(&state.db).await);
     state.mqtt.render_metrics(&mut text);
     state.commands.render_metrics(&mut text);
     (

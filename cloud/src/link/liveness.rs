@@ -14,7 +14,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::AppState;
-use crate::db::{Db, lease, new_id, now_ms};
+use crate::db::{Db, lease, now_ms};
+use crate::link::ingest::record_change;
 
 /// Missed heartbeats after which a lock or gateway counts as offline.
 pub const MISSED_HEARTBEATS: i64 = 3;
@@ -57,15 +58,8 @@ pub async fn sweep_once(db: &Db, now: i64, heartbeat_ms: i64) -> anyhow::Result<
         .context("marking a lock offline")?
         .rows_affected();
         if n == 1 {
-            change(
-                &mut tx,
-                &merchant,
-                "lock",
-                &id,
-                now,
-                json!({ "id": id, "status": "offline", "reason": "heartbeat_timeout" }),
-            )
-            .await?;
+            let data = json!({ "lock_id": id, "status": "offline", "reason": "heartbeat_timeout" });
+            record_change(&mut tx, &merchant, "lock", &id, &data).await?;
             swept.locks_offline += 1;
         }
         tx.commit().await.context("commit")?;
@@ -93,15 +87,8 @@ pub async fn sweep_once(db: &Db, now: i64, heartbeat_ms: i64) -> anyhow::Result<
         .context("marking a gateway offline")?
         .rows_affected();
         if n == 1 {
-            change(
-                &mut tx,
-                &merchant,
-                "gateway",
-                &id,
-                now,
-                json!({ "id": id, "online": false, "reason": "heartbeat_timeout" }),
-            )
-            .await?;
+            let data = json!({ "gateway_id": id, "online": false, "reason": "heartbeat_timeout" });
+            record_change(&mut tx, &merchant, "gateway", &id, &data).await?;
             swept.gateways_offline += 1;
         }
         tx.commit().await.context("commit")?;
@@ -111,30 +98,6 @@ pub async fn sweep_once(db: &Db, now: i64, heartbeat_ms: i64) -> anyhow::Result<
     Ok(swept)
 }
 
-async fn change(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    merchant: &str,
-    kind: &str,
-    entity: &str,
-    now: i64,
-    data: serde_json::Value,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO live_changes (id, merchant_id, kind, entity_id, data, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(new_id())
-    .bind(merchant.to_string())
-    .bind(kind.to_string())
-    .bind(entity.to_string())
-    .bind(data.to_string())
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .context("appending a live change")?;
-    Ok(())
-}
-
 /// Runs [`sweep_once`] every `every` under the `link_liveness` lease until `stop`.
 pub async fn run(
     state: AppState,
@@ -142,7 +105,7 @@ pub async fn run(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let heartbeat_ms: i64 = 30_000; // TODO(merge): state.config.gateway.heartbeat_interval_s
+    let heartbeat_ms = i64::from(state.config.gateway.heartbeat_interval_s) * 1000;
     loop {
         match lease::try_acquire(&state.db, "link_liveness", &holder, every).await {
             Ok(true) => match sweep_once(&state.db, now_ms(), heartbeat_ms).await {

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub const PASSWORD: &str = "correct horse battery";
+/// The master key every test app uses (32 bytes of 0x01, base64).
+pub const TEST_MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 
 /// Which database a test run uses.
 #[derive(Clone, Debug)]
@@ -79,6 +81,7 @@ pub fn test_config(url: &str) -> Config {
         ("DMR_DATABASE_URL".to_string(), url.to_string()),
         ("DMR_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
+        ("DMR_MASTER_KEY".to_string(), TEST_MASTER_KEY.to_string()),
     ];
     Config::load_from(None, env).unwrap()
 }
