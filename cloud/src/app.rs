@@ -20,17 +20,26 @@ use crate::http::ratelimit::RateLimiter;
 use crate::http::routes::{Access, RouteSpec, RouteTable};
 use crate::rbac::Permission as P;
 use crate::{
-    AppState, auth, enrollment, gateways, health, locks, merchants, openapi, users, venues,
+    AppState, auth, broker, enrollment, gateways, health, locks, merchants, openapi, users,
+    venues,
 };
 
 /// Every route the service serves, with who may call it.
 pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
-    use Access::{Authenticated, Infra, Perm, Public};
+    use Access::{Authenticated, Hook, Infra, Perm, Public};
     let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
     RouteTable::new(state)
         .add(get.clone(), "/health", Infra, health::health)
         .add(get.clone(), "/metrics", Infra, health::metrics)
         .add(get.clone(), "/api/openapi.json", Public, openapi::document)
+        // EMQX HTTP authentication / authorisation hooks (external broker deployments)
+        .add(
+            post.clone(),
+            "/api/v1/broker/auth",
+            Hook,
+            broker::hooks::auth,
+        )
+        .add(post.clone(), "/api/v1/broker/acl", Hook, broker::hooks::acl)
         // Accounts
         .add(
             post.clone(),
@@ -282,11 +291,18 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         }
     };
     let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
+    let mqtt_auth = broker::auth::BrokerAuth::new(
+        db.clone(),
+        broker::cloud_password(&config, &db).await?,
+    );
+    let broker_state =
+        broker::BrokerState::new(Arc::new(mqtt_auth), config.mqtt.hook_secret.clone());
     let state = AppState {
         db,
         jwt: Arc::new(jwt),
         metrics: Arc::new(Metrics::default()),
         limiter: Arc::new(RateLimiter::new(config.rate_limit.per_minute)),
+        broker: Arc::new(broker_state),
         config: Arc::new(config),
     };
     let (router, routes) = routes(state.clone());
@@ -323,6 +339,9 @@ pub async fn serve(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let app = build_app(config).await?;
+    // The embedded broker comes up before anything connects to it (the MQTT bridge, then
+    // gateways); a port already taken is a start-up error, not a silent half-service.
+    let mqtt = broker::start_embedded(&app.state).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -358,6 +377,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Ok(())) => tracing::info!("cleanup job stopped"),
         Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),
         Err(_) => tracing::warn!("cleanup job did not stop within 10 s"),
+    }
+    // Last, so the bridge and the jobs could still publish while stopping.
+    if let Some(b) = mqtt {
+        b.shutdown().await;
     }
     db.pool.close().await;
     served?;

@@ -86,6 +86,26 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// The MQTT broker that runs inside `dmr-cloud serve` unless disabled.
+#[derive(Clone, Debug)]
+pub struct EmbeddedBrokerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted (remaining length), in bytes.
+    pub max_packet_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// Password of the cloud's own MQTT user `dmr-cloud`. When absent a random one is
+    /// generated once and kept in the database (`app_secrets`), like the JWT key.
+    pub cloud_password: Option<Secret<String>>,
+    /// Shared secret EMQX sends to the HTTP auth/ACL hooks; without it the hooks refuse.
+    pub hook_secret: Option<Secret<String>>,
+    pub embedded: EmbeddedBrokerConfig,
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -93,6 +113,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub mqtt: MqttConfig,
     pub log: LogConfig,
 }
 
@@ -157,6 +178,12 @@ pub const KEYS: &[&str] = &[
     "auth.login_window_secs",
     "auth.login_lockout_secs",
     "rate_limit.per_minute",
+    "mqtt.cloud_password",
+    "mqtt.hook_secret",
+    "mqtt.embedded.enabled",
+    "mqtt.embedded.listen",
+    "mqtt.embedded.max_connections",
+    "mqtt.embedded.max_packet_bytes",
     "log.format",
     "log.filter",
 ];
@@ -240,6 +267,24 @@ impl Config {
             rate_limit: RateLimitConfig {
                 per_minute: r.int("rate_limit.per_minute", 100, 1, 1_000_000),
             },
+            mqtt: MqttConfig {
+                cloud_password: r.optional_string("mqtt.cloud_password").map(Secret::new),
+                hook_secret: r.optional_string("mqtt.hook_secret").map(Secret::new),
+                embedded: EmbeddedBrokerConfig {
+                    enabled: r.boolean("mqtt.embedded.enabled", true),
+                    listen: r.parsed(
+                        "mqtt.embedded.listen",
+                        SocketAddr::from(([127, 0, 0, 1], 1883)),
+                    ),
+                    max_connections: r.int("mqtt.embedded.max_connections", 10_000, 1, 1_000_000),
+                    max_packet_bytes: r.int(
+                        "mqtt.embedded.max_packet_bytes",
+                        256 * 1024,
+                        1024,
+                        16 << 20,
+                    ),
+                },
+            },
             log: LogConfig {
                 format: r.choice(
                     "log.format",
@@ -268,6 +313,20 @@ impl Config {
                 path: "auth.jwt_secret".into(),
                 message: "must be at least 32 characters".into(),
             });
+        }
+        for (path, secret) in [
+            ("mqtt.cloud_password", &config.mqtt.cloud_password),
+            ("mqtt.hook_secret", &config.mqtt.hook_secret),
+        ] {
+            if let Some(secret) = secret
+                && secret.expose().len() < 16
+            {
+                issues.push(ConfigIssue {
+                    path: path.into(),
+                    message: "must be at least 16 characters (try `openssl rand -base64 24`)"
+                        .into(),
+                });
+            }
         }
         let base = &config.server.public_base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.ends_with('/') {
