@@ -20,8 +20,7 @@ use crate::http::ratelimit::RateLimiter;
 use crate::http::routes::{Access, RouteSpec, RouteTable};
 use crate::rbac::Permission as P;
 use crate::{
-    AppState, auth, broker, enrollment, gateways, health, locks, merchants, openapi, users,
-    venues,
+    AppState, auth, broker, enrollment, gateways, health, locks, merchants, openapi, users, venues,
 };
 
 /// Every route the service serves, with who may call it.
@@ -291,10 +290,8 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         }
     };
     let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
-    let mqtt_auth = broker::auth::BrokerAuth::new(
-        db.clone(),
-        broker::cloud_password(&config, &db).await?,
-    );
+    let mqtt_auth =
+        broker::auth::BrokerAuth::new(db.clone(), broker::cloud_password(&config, &db).await?);
     let broker_state =
         broker::BrokerState::new(Arc::new(mqtt_auth), config.mqtt.hook_secret.clone());
     let state = AppState {

@@ -99,7 +99,10 @@ mod tests {
     fn usernames() {
         assert_eq!(principal_of("dmr-cloud"), Some(Principal::Cloud));
         assert_eq!(principal_of(&format!("gw:{A}")), Some(gw(A)));
-        assert_eq!(gateway_username(Uuid::parse_str(A).unwrap()), format!("gw:{A}"));
+        assert_eq!(
+            gateway_username(Uuid::parse_str(A).unwrap()),
+            format!("gw:{A}")
+        );
         for bad in [
             "",
             "gw:",
@@ -135,8 +138,15 @@ mod tests {
     fn gateway_publishes_only_its_own_four_topics() {
         let me = gw(A);
         for leaf in GATEWAY_PUBLISH {
-            assert!(allowed(&me, Action::Publish, &format!("dmr/v1/gw/{A}/{leaf}")));
-            assert!(!allowed(&me, Action::Publish, &format!("dmr/v1/gw/{B}/{leaf}")), "foreign {leaf}");
+            assert!(allowed(
+                &me,
+                Action::Publish,
+                &format!("dmr/v1/gw/{A}/{leaf}")
+            ));
+            assert!(
+                !allowed(&me, Action::Publish, &format!("dmr/v1/gw/{B}/{leaf}")),
+                "foreign {leaf}"
+            );
         }
         for t in [
             format!("dmr/v1/gw/{A}/cmd"), // commands come from the cloud only
@@ -161,7 +171,11 @@ mod tests {
     #[test]
     fn gateway_subscribes_only_its_own_cmd() {
         let me = gw(A);
-        assert!(allowed(&me, Action::Subscribe, &format!("dmr/v1/gw/{A}/cmd")));
+        assert!(allowed(
+            &me,
+            Action::Subscribe,
+            &format!("dmr/v1/gw/{A}/cmd")
+        ));
         for f in [
             format!("dmr/v1/gw/{B}/cmd"),
             "dmr/v1/gw/+/cmd".into(),

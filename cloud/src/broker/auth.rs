@@ -116,11 +116,12 @@ impl BrokerAuth {
         let password = password.unwrap_or("");
         match who {
             Principal::Cloud => {
-                let ok = same(
-                    password.as_bytes(),
-                    self.cloud_password.expose().as_bytes(),
-                );
-                Ok(if ok { Ok(who) } else { Err(Denied::BadPassword) })
+                let ok = same(password.as_bytes(), self.cloud_password.expose().as_bytes());
+                Ok(if ok {
+                    Ok(who)
+                } else {
+                    Err(Denied::BadPassword)
+                })
             }
             Principal::Gateway(id) => {
                 let stored = self.stored_hash(id, use_cache).await?;

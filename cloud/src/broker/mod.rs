@@ -131,9 +131,7 @@ pub async fn cloud_password(config: &Config, db: &crate::db::Db) -> anyhow::Resu
 }
 
 /// Starts the embedded broker if the configuration enables it (the default).
-pub async fn start_embedded(
-    state: &crate::AppState,
-) -> anyhow::Result<Option<dmr_broker::Broker>> {
+pub async fn start_embedded(state: &crate::AppState) -> anyhow::Result<Option<dmr_broker::Broker>> {
     let c = &state.config.mqtt.embedded;
     if !c.enabled {
         return Ok(None);
