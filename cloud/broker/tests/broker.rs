@@ -576,3 +576,63 @@ async fn max_connections_is_enforced_and_shutdown_closes_clients() {
     broker.shutdown().await;
     first.wait_error().await;
 }
+
+/// Interop with another implementation's clients (Debian mosquitto-clients, installed by
+/// scripts/setup.sh): subscribe, QoS 1 and QoS 2 publish, a refused password, a refused
+/// subscription.
+#[tokio::test]
+async fn mosquitto_clients_interoperate() {
+    use tokio::process::Command;
+    let broker = start(|_| {}).await;
+    let port = broker.local_addr().port().to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "admin", "-P", "root"])
+        .args(["-t", "dev/+/state", "-q", "1", "-C", "2", "-W", "10", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (apt install mosquitto-clients; scripts/setup.sh does)");
+    for _ in 0..250 {
+        if broker.clients() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The SUBSCRIBE follows the CONNACK closely; give it a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (qos, msg) in [("1", "online"), ("2", "again")] {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", "dev1", "-P", "p1"])
+            .args(["-t", "dev/1/state", "-q", qos, "-m", msg])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success(), "publish QoS {qos}");
+    }
+    let out = timeout(Duration::from_secs(15), sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "dev/1/state online\ndev/1/state again\n");
+
+    let bad = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "dev1", "-P", "wrong"])
+        .args(["-t", "dev/1/state", "-m", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success(), "wrong password refused");
+
+    let denied = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "dev1", "-P", "p1"])
+        .args(["-t", "dev/2/cmd", "-W", "3"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("denied"),
+        "mosquitto_sub reports the SUBACK failure: {err}"
+    );
+    broker.shutdown().await;
+}
