@@ -20,17 +20,26 @@ use crate::http::ratelimit::RateLimiter;
 use crate::http::routes::{Access, RouteSpec, RouteTable};
 use crate::rbac::Permission as P;
 use crate::{
-    AppState, auth, enrollment, gateways, health, link, locks, merchants, openapi, users, venues,
+    AppState, auth, broker, enrollment, gateways, health, link, locks, merchants, openapi, users,
+    venues,
 };
 
 /// Every route the service serves, with who may call it.
 pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
-    use Access::{Authenticated, Gateway, Infra, Perm, Public};
+    use Access::{Authenticated, Gateway, Hook, Infra, Perm, Public};
     let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
     RouteTable::new(state)
         .add(get.clone(), "/health", Infra, health::health)
         .add(get.clone(), "/metrics", Infra, health::metrics)
         .add(get.clone(), "/api/openapi.json", Public, openapi::document)
+        // EMQX HTTP authentication / authorisation hooks (external broker deployments)
+        .add(
+            post.clone(),
+            "/api/v1/broker/auth",
+            Hook,
+            broker::hooks::auth,
+        )
+        .add(post.clone(), "/api/v1/broker/acl", Hook, broker::hooks::acl)
         // Accounts
         .add(
             post.clone(),
@@ -342,7 +351,15 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
     let link_metrics = Arc::new(crate::link::metrics::LinkMetrics::default());
     let ingest = crate::link::ingest::Ingest::new(db.clone(), link_metrics.clone());
     let keys = Arc::new(keys);
-    let mqtt = crate::link::bridge::MqttLink::new(&config.mqtt)?;
+    // The cloud's own broker password: configured, or generated once and kept in the
+    // database so every instance (and the embedded broker) agrees on it.
+    let cloud_password = broker::cloud_password(&config, &db).await?;
+    let mqtt_auth = broker::auth::BrokerAuth::new(db.clone(), cloud_password.clone());
+    let broker_state =
+        broker::BrokerState::new(Arc::new(mqtt_auth), config.mqtt.hook_secret.clone());
+    let mut bridge_config = config.mqtt.clone();
+    bridge_config.password = Some(cloud_password);
+    let mqtt = crate::link::bridge::MqttLink::new(&bridge_config)?;
     let commands = Arc::new(crate::link::commands::Commands::new(
         db.clone(),
         keys.clone(),
@@ -359,6 +376,7 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         jwt: Arc::new(jwt),
         metrics: Arc::new(Metrics::default()),
         limiter: Arc::new(RateLimiter::new(config.rate_limit.per_minute)),
+        broker: Arc::new(broker_state),
         config: Arc::new(config),
     };
     let (router, routes) = routes(state.clone());
@@ -401,6 +419,9 @@ pub async fn serve(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let app = build_app(config).await?;
+    // The embedded broker comes up before anything connects to it (the MQTT bridge, then
+    // gateways); a port already taken is a start-up error, not a silent half-service.
+    let embedded = broker::start_embedded(&app.state).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -457,6 +478,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(Err(e)) => tracing::error!(error = %e, "{name} panicked"),
             Err(_) => tracing::warn!("{name} did not stop within 15 s"),
         }
+    }
+    // Last, so the bridge and the jobs could still publish while stopping.
+    if let Some(b) = embedded {
+        b.shutdown().await;
     }
     db.pool.close().await;
     served?;

@@ -107,6 +107,16 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// The MQTT broker that runs inside `dmr-cloud serve` unless disabled.
+#[derive(Clone, Debug)]
+pub struct EmbeddedBrokerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted (remaining length), in bytes.
+    pub max_packet_bytes: usize,
+}
+
 /// The MQTT side of the gateway link: where the broker is, who the cloud is on it, and how
 /// the bridge batches what it consumes.
 #[derive(Clone, Debug)]
@@ -139,6 +149,10 @@ pub struct MqttConfig {
     pub queue: usize,
     /// Messages the broker may send before the cloud acknowledges (QoS 1 receive window).
     pub inflight: u16,
+    /// Shared secret EMQX sends to the HTTP auth/ACL hooks; without it the hooks refuse.
+    pub hook_secret: Option<Secret<String>>,
+    /// The broker that runs inside `dmr-cloud serve` unless disabled.
+    pub embedded: EmbeddedBrokerConfig,
 }
 
 impl MqttConfig {
@@ -181,8 +195,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub keys: KeysConfig,
     pub gateway: GatewayLinkConfig,
-    pub log: LogConfig,
     pub mqtt: MqttConfig,
+    pub log: LogConfig,
 }
 
 /// Where a raw value came from, for error messages.
@@ -252,6 +266,11 @@ pub const KEYS: &[&str] = &[
     "gateway.mqtt_url",
     "gateway.heartbeat_interval_s",
     "gateway.token_skew_s",
+    "mqtt.hook_secret",
+    "mqtt.embedded.enabled",
+    "mqtt.embedded.listen",
+    "mqtt.embedded.max_connections",
+    "mqtt.embedded.max_packet_bytes",
     "log.format",
     "log.filter",
     "mqtt.enabled",
@@ -419,6 +438,21 @@ impl Config {
                 workers: r.int("mqtt.workers", 4, 1, 64),
                 queue: r.int("mqtt.queue", 20_000, 10, 1_000_000),
                 inflight: r.int("mqtt.inflight", 1000, 1, 65_535),
+                hook_secret: r.optional_string("mqtt.hook_secret").map(Secret::new),
+                embedded: EmbeddedBrokerConfig {
+                    enabled: r.boolean("mqtt.embedded.enabled", true),
+                    listen: r.parsed(
+                        "mqtt.embedded.listen",
+                        SocketAddr::from(([127, 0, 0, 1], 1883)),
+                    ),
+                    max_connections: r.int("mqtt.embedded.max_connections", 10_000, 1, 1_000_000),
+                    max_packet_bytes: r.int(
+                        "mqtt.embedded.max_packet_bytes",
+                        256 * 1024,
+                        1024,
+                        16 << 20,
+                    ),
+                },
             },
         };
 
@@ -447,6 +481,20 @@ impl Config {
                 path: "gateway.mqtt_url".into(),
                 message: "must be an mqtt:// or mqtts:// URL".into(),
             });
+        }
+        for (path, secret) in [
+            ("mqtt.password", &config.mqtt.password),
+            ("mqtt.hook_secret", &config.mqtt.hook_secret),
+        ] {
+            if let Some(secret) = secret
+                && secret.expose().len() < 16
+            {
+                issues.push(ConfigIssue {
+                    path: path.into(),
+                    message: "must be at least 16 characters (try `openssl rand -base64 24`)"
+                        .into(),
+                });
+            }
         }
         let base = &config.server.public_base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.ends_with('/') {

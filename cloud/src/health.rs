@@ -45,6 +45,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     text.push_str(&crate::link::metrics::render_gauges(&state.db).await);
     state.mqtt.render_metrics(&mut text);
     state.commands.render_metrics(&mut text);
+    text.push_str(&state.broker.render_metrics());
     (
         [(
             header::CONTENT_TYPE,

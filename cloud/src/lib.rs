@@ -11,13 +11,15 @@
 //! `venues`, `gateways`, `locks`, `users`, `enrollment`) has the same shape: `types` (rows,
 //! bodies, validation), `store` (its SQL, tenant-scoped), `handlers`. Every handler returns
 //! [`error::ApiError`], the one mapping to status codes and the JSON error body. [`jobs`] runs
-//! periodic work under database leases. [`cli`] is what the thin `main` calls.
+//! periodic work under database leases. [`broker`] holds the MQTT credentials
+//! and access policy, the embedded broker and the EMQX hooks. [`cli`] is what the thin `main` calls.
 
 // The hand-written OpenAPI document is one large `json!` literal.
 #![recursion_limit = "512"]
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -59,4 +61,6 @@ pub struct AppState {
     /// The broker connection (consumed by the bridge task, published on by commands).
     pub mqtt: Arc<link::bridge::MqttLink>,
     pub commands: Arc<link::commands::Commands>,
+    /// MQTT credentials, the EMQX hook secret and the embedded broker's counters.
+    pub broker: Arc<broker::BrokerState>,
 }

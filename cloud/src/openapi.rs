@@ -225,6 +225,34 @@ pub fn spec() -> Value {
     );
     paths.insert("/api/openapi.json".into(), json!({ "get": {
         "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1 document" } } } }));
+    let hook = |summary: &str, body: &str, result: &str| {
+        json!({ "post": {
+            "summary": summary,
+            "security": [{ "hookSecret": [] }],
+            "requestBody": json_body(body),
+            "responses": {
+                "200": { "description": "the decision", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{result}") } } } },
+                "400": error_response("malformed request"),
+                "401": error_response("missing or wrong X-DMR-Hook-Secret, or hooks not configured (mqtt.hook_secret)"),
+                "422": error_response("validation failed (details.field names the field)"),
+            } } })
+    };
+    paths.insert(
+        "/api/v1/broker/auth".into(),
+        hook(
+            "EMQX 5 HTTP authentication hook: may this MQTT client connect?",
+            "BrokerAuthRequest",
+            "BrokerAuthResult",
+        ),
+    );
+    paths.insert(
+        "/api/v1/broker/acl".into(),
+        hook(
+            "EMQX 5 HTTP authorization hook: may this client publish/subscribe to the topic?",
+            "BrokerAclRequest",
+            "BrokerAclResult",
+        ),
+    );
     paths.insert("/api/v1/auth/login".into(), json!({ "post":
         op("Log in with username or phone and password", None, ok("Tokens", "200"), Some("Login")) }));
     paths.insert("/api/v1/auth/refresh".into(), json!({ "post":
@@ -397,6 +425,15 @@ pub fn spec() -> Value {
             "detail": ns, "raised_at": s("integer"), "cleared_at": ni, "acked_at": ni, "acked_by": ns, "created_at": s("integer") } },
         "AlarmPage": page_of("Alarm"),
         "EnrollmentCodePage": page_of("EnrollmentCode"),
+        "BrokerAuthRequest": { "type": "object", "properties": {
+            "clientid": s("string"), "username": { "type": "string", "description": "dmr-cloud or gw:<gateway uuid>" },
+            "password": s("string"), "peerhost": s("string") } },
+        "BrokerAuthResult": { "type": "object", "properties": {
+            "result": { "enum": ["allow", "deny"] }, "is_superuser": s("boolean") }, "required": ["result", "is_superuser"] },
+        "BrokerAclRequest": { "type": "object", "properties": {
+            "clientid": s("string"), "username": s("string"), "topic": s("string"),
+            "action": { "enum": ["publish", "subscribe"] } }, "required": ["topic", "action"] },
+        "BrokerAclResult": { "type": "object", "properties": { "result": { "enum": ["allow", "deny"] } }, "required": ["result"] },
     });
 
     json!({
@@ -409,6 +446,7 @@ pub fn spec() -> Value {
                 "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
                 "gateway": { "type": "apiKey", "in": "header", "name": "Authorization",
                              "description": "DMR-Gateway <compact JWS signed by the gateway key> (docs/protocol.md §6)" },
+                "hookSecret": { "type": "apiKey", "in": "header", "name": "X-DMR-Hook-Secret" },
             },
             "schemas": schemas,
         },

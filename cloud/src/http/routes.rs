@@ -27,6 +27,9 @@ pub enum Access {
     Authenticated,
     /// A logged-in user whose role has this permission.
     Perm(Permission),
+    /// Called by the MQTT broker (EMQX HTTP hooks): no login, no rate limit (the broker
+    /// calls on every connect), but the shared secret header `X-DMR-Hook-Secret`.
+    Hook,
 }
 
 /// One served route.
@@ -69,6 +72,10 @@ impl RouteTable {
         let mut mr = on(filter, handler);
         mr = match access {
             Access::Infra | Access::Gateway => mr,
+            Access::Hook => mr.route_layer(from_fn_with_state(
+                self.state.clone(),
+                crate::broker::hooks::require_secret,
+            )),
             Access::Public => {
                 mr.route_layer(from_fn_with_state(self.state.clone(), ratelimit::limit))
             }

@@ -188,6 +188,7 @@ fn serve_starts_answers_and_stops_on_sigterm() {
             format!("sqlite://{}", db_file.display()),
         )
         .env("DMR_SERVER_LISTEN", "127.0.0.1:0")
+        .env("DMR_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
         .env("DMR_LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -204,6 +205,7 @@ fn serve_starts_answers_and_stops_on_sigterm() {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = Vec::new();
+    let mut mqtt_addr = None;
     let addr = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).unwrap_or_else(|_| {
@@ -213,6 +215,9 @@ fn serve_starts_answers_and_stops_on_sigterm() {
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("log lines are JSON objects, got {line:?}"));
         lines.push(line.clone());
+        if v["message"] == "embedded MQTT broker listening" {
+            mqtt_addr = v["addr"].as_str().map(String::from);
+        }
         if v["message"] == "listening" {
             break v["addr"].as_str().unwrap().to_string();
         }
@@ -230,6 +235,20 @@ fn serve_starts_answers_and_stops_on_sigterm() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"database\":\"ok\""), "{response}");
+
+    // The same process runs the MQTT broker: an anonymous CONNECT is answered with
+    // CONNACK "not authorised" (return code 5).
+    let mqtt_addr = mqtt_addr.expect("the embedded broker logs its address before 'listening'");
+    let mut mqtt = std::net::TcpStream::connect(&mqtt_addr).unwrap();
+    mqtt.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    mqtt.write_all(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b't',
+    ])
+    .unwrap();
+    let mut connack = [0u8; 4];
+    mqtt.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 5]);
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -251,4 +270,9 @@ fn serve_starts_answers_and_stops_on_sigterm() {
     reader.join().unwrap();
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("embedded MQTT broker stopped")),
+        "{rest:?}"
+    );
 }

@@ -82,6 +82,11 @@ pub fn test_config(url: &str) -> Config {
         ("DMR_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
         ("DMR_MASTER_KEY".to_string(), TEST_MASTER_KEY.to_string()),
+        // Tests that start the embedded broker get a free port.
+        (
+            "DMR_MQTT_EMBEDDED_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
     ];
     Config::load_from(None, env).unwrap()
 }

@@ -3,6 +3,7 @@
 //! DMR_TEST_DATABASE_URL is set) PostgreSQL. One binary so the app links once.
 
 mod auth;
+mod broker;
 mod cli;
 mod common;
 mod errors;

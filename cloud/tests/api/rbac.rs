@@ -100,6 +100,23 @@ mod scenarios {
                     assert_ne!(s, StatusCode::FORBIDDEN);
                     checked += 1;
                 }
+                Access::Hook => {
+                    // A user's token is no substitute for the broker's shared secret.
+                    for token in [None, Some(w.admin.as_str())] {
+                        let (s, b) = app
+                            .call(route.method.clone(), route.path, token, body.clone())
+                            .await;
+                        assert_eq!(
+                            s,
+                            StatusCode::UNAUTHORIZED,
+                            "{} {} needs the hook secret",
+                            route.method,
+                            route.path
+                        );
+                        assert_eq!(error_code(&b), "unauthorized");
+                    }
+                    checked += 1;
+                }
                 Access::Authenticated => {
                     let (s, b) = app
                         .call(route.method.clone(), route.path, None, body.clone())
