@@ -98,9 +98,11 @@ pub struct EmbeddedBrokerConfig {
 
 #[derive(Clone, Debug)]
 pub struct MqttConfig {
-    /// Password of the cloud's own MQTT user `dmr-cloud`. When absent a random one is
-    /// generated once and kept in the database (`app_secrets`), like the JWT key.
-    pub cloud_password: Option<Secret<String>>,
+    /// Password of the cloud's own MQTT user `dmr-cloud`: what the bridge logs in with and
+    /// what the embedded broker and the EMQX hook accept. When absent a random one is
+    /// generated once and kept in the database (`app_secrets`), like the JWT key; that only
+    /// suits the embedded broker (an external broker learns it through the hook anyway).
+    pub password: Option<Secret<String>>,
     /// Shared secret EMQX sends to the HTTP auth/ACL hooks; without it the hooks refuse.
     pub hook_secret: Option<Secret<String>>,
     pub embedded: EmbeddedBrokerConfig,
@@ -178,7 +180,7 @@ pub const KEYS: &[&str] = &[
     "auth.login_window_secs",
     "auth.login_lockout_secs",
     "rate_limit.per_minute",
-    "mqtt.cloud_password",
+    "mqtt.password",
     "mqtt.hook_secret",
     "mqtt.embedded.enabled",
     "mqtt.embedded.listen",
@@ -268,7 +270,7 @@ impl Config {
                 per_minute: r.int("rate_limit.per_minute", 100, 1, 1_000_000),
             },
             mqtt: MqttConfig {
-                cloud_password: r.optional_string("mqtt.cloud_password").map(Secret::new),
+                password: r.optional_string("mqtt.password").map(Secret::new),
                 hook_secret: r.optional_string("mqtt.hook_secret").map(Secret::new),
                 embedded: EmbeddedBrokerConfig {
                     enabled: r.boolean("mqtt.embedded.enabled", true),
@@ -315,7 +317,7 @@ impl Config {
             });
         }
         for (path, secret) in [
-            ("mqtt.cloud_password", &config.mqtt.cloud_password),
+            ("mqtt.password", &config.mqtt.password),
             ("mqtt.hook_secret", &config.mqtt.hook_secret),
         ] {
             if let Some(secret) = secret
@@ -589,6 +591,56 @@ mod tests {
         assert_eq!(c.rate_limit.per_minute, 9);
         let c = Config::load_from(Some(&file), env(&[])).unwrap();
         assert_eq!(c.rate_limit.per_minute, 7);
+    }
+
+    #[test]
+    fn mqtt_defaults_and_checks() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.mqtt.embedded.enabled);
+        assert_eq!(
+            c.mqtt.embedded.listen,
+            SocketAddr::from(([127, 0, 0, 1], 1883))
+        );
+        assert_eq!(c.mqtt.embedded.max_packet_bytes, 256 * 1024);
+        assert!(c.mqtt.password.is_none() && c.mqtt.hook_secret.is_none());
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_HOOK_SECRET", "short"),
+                ("DMR_MQTT_PASSWORD", "short-too"),
+                ("DMR_MQTT_EMBEDDED_LISTEN", "nowhere"),
+                ("DMR_MQTT_EMBEDDED_MAX_PACKET_BYTES", "10"),
+                ("DMR_MQTT_EMBEDDED_ENABLED", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "mqtt.hook_secret",
+            "mqtt.password",
+            "mqtt.embedded.listen",
+            "mqtt.embedded.max_packet_bytes",
+            "mqtt.embedded.enabled",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        assert!(
+            !err.to_string().contains("short-too"),
+            "secrets never print"
+        );
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_EMBEDDED_ENABLED", "false"),
+                ("DMR_MQTT_HOOK_SECRET", "a-long-enough-hook-secret"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.mqtt.embedded.enabled);
+        assert_eq!(
+            c.mqtt.hook_secret.unwrap().expose(),
+            "a-long-enough-hook-secret"
+        );
     }
 
     #[test]

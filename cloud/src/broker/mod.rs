@@ -120,7 +120,7 @@ pub fn new_secret() -> String {
 /// The cloud's MQTT password: configured, or generated once and kept in `app_secrets` so
 /// every instance sharing the database (and the bridge) agrees on it.
 pub async fn cloud_password(config: &Config, db: &crate::db::Db) -> anyhow::Result<Secret<String>> {
-    Ok(match &config.mqtt.cloud_password {
+    Ok(match &config.mqtt.password {
         Some(p) => p.clone(),
         None => Secret::new(
             db.shared_secret("mqtt_cloud_password", new_secret)

@@ -31,7 +31,7 @@ mod scenarios {
     async fn app_with_hooks(kind: &DbKind) -> TestApp {
         TestApp::spawn_with(kind, |c| {
             c.mqtt.hook_secret = Some(dmr_cloud::config::Secret::new(HOOK_SECRET.into()));
-            c.mqtt.cloud_password = Some(dmr_cloud::config::Secret::new(CLOUD_PASSWORD.into()));
+            c.mqtt.password = Some(dmr_cloud::config::Secret::new(CLOUD_PASSWORD.into()));
         })
         .await
     }
