@@ -132,6 +132,9 @@ pub struct MqttConfig {
     /// PEM CA bundle for `mqtts://` (the system roots when absent).
     pub ca_file: Option<PathBuf>,
     pub username: String,
+    /// Password of the cloud's own MQTT user `dmr-cloud`: what the bridge logs in with and
+    /// what the embedded broker and the EMQX hook accept. When absent a random one is
+    /// generated once and kept in the database (`app_secrets`), like the JWT key.
     pub password: Option<Secret<String>>,
     /// Unique per instance: a broker drops an older connection with the same id. Empty in
     /// the file means `dmr-cloud-<hostname>-<pid>`.
@@ -807,6 +810,56 @@ mod tests {
         assert_eq!(c.rate_limit.per_minute, 9);
         let c = Config::load_from(Some(&file), env(&[])).unwrap();
         assert_eq!(c.rate_limit.per_minute, 7);
+    }
+
+    #[test]
+    fn mqtt_defaults_and_checks() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.mqtt.embedded.enabled);
+        assert_eq!(
+            c.mqtt.embedded.listen,
+            SocketAddr::from(([127, 0, 0, 1], 1883))
+        );
+        assert_eq!(c.mqtt.embedded.max_packet_bytes, 256 * 1024);
+        assert!(c.mqtt.password.is_none() && c.mqtt.hook_secret.is_none());
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_HOOK_SECRET", "short"),
+                ("DMR_MQTT_PASSWORD", "short-too"),
+                ("DMR_MQTT_EMBEDDED_LISTEN", "nowhere"),
+                ("DMR_MQTT_EMBEDDED_MAX_PACKET_BYTES", "10"),
+                ("DMR_MQTT_EMBEDDED_ENABLED", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "mqtt.hook_secret",
+            "mqtt.password",
+            "mqtt.embedded.listen",
+            "mqtt.embedded.max_packet_bytes",
+            "mqtt.embedded.enabled",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        assert!(
+            !err.to_string().contains("short-too"),
+            "secrets never print"
+        );
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_EMBEDDED_ENABLED", "false"),
+                ("DMR_MQTT_HOOK_SECRET", "a-long-enough-hook-secret"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.mqtt.embedded.enabled);
+        assert_eq!(
+            c.mqtt.hook_secret.unwrap().expose(),
+            "a-long-enough-hook-secret"
+        );
     }
 
     #[test]

@@ -147,25 +147,35 @@ fn main() {
         .build()
         .unwrap();
 
-    // dmr-broker on its own runtime, as `dmr-cloud serve` would run it beside the API.
-    let broker_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("dmr-broker")
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..BrokerConfig::default()
-    };
-    let broker: Broker = broker_rt
-        .block_on(Broker::start(config, Arc::new(Open)))
-        .unwrap();
-    let ours = measure(&load, "dmr-broker", broker.local_addr());
-    broker_rt.block_on(broker.shutdown());
+    // dmr-broker on its own runtime, as `dmr-cloud serve` would run it beside the API: with
+    // two worker threads, and with one (Mosquitto is single-threaded; on a loaded machine the
+    // thread count alone changes the CPU share a broker gets).
+    let mut ours = Vec::new();
+    for threads in [2, 1] {
+        let broker_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("dmr-broker")
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = BrokerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..BrokerConfig::default()
+        };
+        let broker: Broker = broker_rt
+            .block_on(Broker::start(config, Arc::new(Open)))
+            .unwrap();
+        ours.push(measure(
+            &load,
+            &format!("dmr-broker/{threads}t"),
+            broker.local_addr(),
+        ));
+        broker_rt.block_on(broker.shutdown());
+    }
 
     // Mosquitto, same generator. Its queue limits are raised so it does not drop QoS 1
-    // messages for a subscriber that is briefly behind (its defaults: 1000 queued, 20 in flight).
+    // messages for a subscriber that is briefly behind (its defaults: 1000 queued, 20 in
+    // flight), and Nagle is off as on dmr-broker's sockets (its default leaves it on).
     let dir = std::env::temp_dir().join(format!("dmr-bench-mosq-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
@@ -174,7 +184,8 @@ fn main() {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 0\nmax_inflight_messages 1000\nuser root\nlog_dest none\n"
+             max_queued_messages 0\nmax_inflight_messages 1000\nset_tcp_nodelay true\n\
+             user root\nlog_dest none\n"
         ),
     )
     .unwrap();
@@ -195,8 +206,11 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "QoS 1, {PUBLISHERS} publishers x {PER_PUBLISHER} msgs, {PAYLOAD} B: dmr-broker {ours:.0} msg/s, \
-         mosquitto {theirs:.0} msg/s, ratio {:.2}",
-        ours / theirs
+        "QoS 1, {PUBLISHERS} publishers x {PER_PUBLISHER} msgs, {PAYLOAD} B: dmr-broker 2 threads \
+         {:.0} msg/s ({:.2} x mosquitto), 1 thread {:.0} msg/s ({:.2} x), mosquitto {theirs:.0} msg/s",
+        ours[0],
+        ours[0] / theirs,
+        ours[1],
+        ours[1] / theirs
     );
 }

@@ -22,7 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::router::{ClientId, Kick, Message, Outgoing};
+use crate::router::{Blocked, ClientId, Kick, Message, Outgoing};
 use crate::topic::{parse_filter, validate_name};
 use crate::{Acl, AuthDecision, ConnectInfo, Shared};
 
@@ -30,6 +30,9 @@ use crate::{Acl, AuthDecision, ConnectInfo, Shared};
 const MAX_CLIENT_ID: usize = 256;
 /// Stop filling the write buffer beyond this; flush first.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long a publisher waits for room in a full subscriber queue before that subscriber is
+/// disconnected as too slow. Short bursts are absorbed by throttling the publisher instead.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a connection ended; decides whether the Last Will goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +167,19 @@ pub(crate) async fn run(
     let client: ClientId = Arc::from(client_id.as_str());
     let (tx, rx) = mpsc::channel(shared.config.queue_capacity.max(1));
     let (kick_tx, kick_rx) = oneshot::channel();
-    let took_over = lock(shared).register(&client, conn_id, tx, kick_tx);
+    let registered = lock(shared).register(
+        &client,
+        connect.login.as_ref().map(|l| l.username.as_str()),
+        conn_id,
+        tx,
+        kick_tx,
+    );
+    let Ok(took_over) = registered else {
+        shared.stats.connect_denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, client_id, "MQTT client id in use by another user: refused");
+        let _ = refuse(&mut wr, ConnectReturnCode::BadClientId).await;
+        return;
+    };
     if took_over {
         shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(client_id, "MQTT session taken over by a new connection");
@@ -191,6 +206,7 @@ pub(crate) async fn run(
         qos2_received: HashSet::new(),
         next_pkid: 0,
         wbuf: BytesMut::with_capacity(4096),
+        blocked: Vec::new(),
     };
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
@@ -203,7 +219,7 @@ pub(crate) async fn run(
     if end.publishes_will()
         && let Some(will) = connect.last_will
     {
-        publish_will(shared, will);
+        publish_will(shared, will).await;
     }
 }
 
@@ -216,23 +232,49 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, crate::router::Router> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn publish_will(shared: &Shared, will: LastWill) {
+async fn publish_will(shared: &Shared, will: LastWill) {
     let msg = Arc::new(Message {
         topic: will.topic,
         payload: will.message,
     });
     let qos = cap_qos(will.qos);
-    let mut router = lock(shared);
-    if will.retain {
-        router.retain(&msg, qos);
-    }
-    let n = router.route(&msg, qos, &shared.stats);
-    drop(router);
+    let (n, blocked) = {
+        let mut router = lock(shared);
+        if will.retain {
+            router.retain(&msg, qos);
+        }
+        router.route(&msg, qos)
+    };
     shared
         .stats
         .messages_delivered
         .fetch_add(n as u64, Ordering::Relaxed);
+    deliver_blocked(shared, blocked).await;
     shared.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits (bounded) for room in full subscriber queues; kicks whoever stays full.
+async fn deliver_blocked(shared: &Shared, blocked: Vec<Blocked>) {
+    for b in blocked {
+        match tokio::time::timeout(BLOCK_TIMEOUT, b.tx.send(b.out)).await {
+            Ok(Ok(())) => {
+                shared
+                    .stats
+                    .messages_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // The subscriber left meanwhile.
+            Ok(Err(_)) => {}
+            Err(_) => {
+                shared
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                lock(shared).kick_slow(&b.client, &shared.stats);
+                tracing::warn!(client_id = %b.client, "MQTT subscriber too slow: disconnecting it");
+            }
+        }
+    }
 }
 
 /// Subscribers get at most QoS 1 (see the crate docs).
@@ -337,6 +379,8 @@ struct Session<'s> {
     qos2_received: HashSet<u16>,
     next_pkid: u16,
     wbuf: BytesMut,
+    /// Messages this client published that a full subscriber queue could not take yet.
+    blocked: Vec<Blocked>,
 }
 
 impl Session<'_> {
@@ -358,6 +402,11 @@ impl Session<'_> {
             return end;
         }
         loop {
+            if !self.blocked.is_empty() {
+                // Not reading from this publisher meanwhile is the point: TCP pushes back.
+                deliver_blocked(self.shared, std::mem::take(&mut self.blocked)).await;
+                last_heard = Instant::now();
+            }
             self.fill_writes(window);
             if !self.wbuf.is_empty() {
                 let out = self.wbuf.split();
@@ -525,11 +574,12 @@ impl Session<'_> {
             if p.retain {
                 router.retain(&msg, qos);
             }
-            let n = router.route(&msg, qos, stats);
+            let (n, blocked) = router.route(&msg, qos);
             drop(router);
             stats
                 .messages_delivered
                 .fetch_add(n as u64, Ordering::Relaxed);
+            self.blocked.extend(blocked);
         }
         match p.qos {
             QoS::AtMostOnce => {}

@@ -21,8 +21,10 @@
 //! subscription gets return code 0x80 in the SUBACK.
 //!
 //! Memory is bounded per client: a subscriber's queue holds `queue_capacity` messages and
-//! `inflight_window` unacknowledged QoS 1 messages; one that falls behind is disconnected
-//! rather than buffered without limit. Packets larger than `max_packet_bytes` close the
+//! `inflight_window` unacknowledged QoS 1 messages. When a queue is full the publisher is
+//! throttled (the broker stops reading from it until there is room, so TCP pushes back on
+//! the sender); a subscriber that makes no room within five seconds is disconnected rather
+//! than buffered without limit. Packets larger than `max_packet_bytes` close the
 //! connection before their body is read.
 
 mod conn;

@@ -44,6 +44,8 @@ pub(crate) enum Kick {
 #[derive(Debug)]
 struct SessionEntry {
     conn_id: u64,
+    /// Who logged in; only the same user may take the client id over.
+    username: Option<String>,
     tx: mpsc::Sender<Outgoing>,
     kick: Option<oneshot::Sender<Kick>>,
 }
@@ -207,16 +209,25 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 
 impl Router {
     /// Registers a connection; a previous one with the same client id is told to go and its
-    /// subscriptions are dropped (every session is clean, see the crate docs).
+    /// subscriptions are dropped (every session is clean, see the crate docs). A client id
+    /// held by another user is refused (`Err`), so one client cannot knock another (the
+    /// cloud's bridge, say) off the broker by borrowing its id.
     pub fn register(
         &mut self,
         client: &ClientId,
+        username: Option<&str>,
         conn_id: u64,
         tx: mpsc::Sender<Outgoing>,
         kick: oneshot::Sender<Kick>,
-    ) -> bool {
+    ) -> Result<bool, ()> {
+        if let Some(existing) = self.sessions.get(client)
+            && existing.username.as_deref() != username
+        {
+            return Err(());
+        }
         let entry = SessionEntry {
             conn_id,
+            username: username.map(str::to_string),
             tx,
             kick: Some(kick),
         };
@@ -231,7 +242,7 @@ impl Router {
             None => false,
         };
         self.drop_filters(client);
-        took_over
+        Ok(took_over)
     }
 
     /// Removes a connection unless a newer one has taken its client id.
@@ -316,17 +327,20 @@ impl Router {
         self.retained.len()
     }
 
-    /// Queues a message for every matching subscriber. Subscribers whose queue is full are
-    /// kicked (their message is lost to them; counted). Returns how many got it.
-    pub fn route(&mut self, msg: &Arc<Message>, qos: QoS, stats: &Stats) -> usize {
+    /// Queues a message for every matching subscriber without waiting. Subscribers whose
+    /// queue is full come back as [`Blocked`]: the publishing connection then waits for room
+    /// (outside this lock, which throttles the publisher through TCP) and kicks the
+    /// subscriber if none comes in time. Returns how many got it now, and the blocked ones.
+    pub fn route(&mut self, msg: &Arc<Message>, qos: QoS) -> (usize, Vec<Blocked>) {
         let levels: Vec<&str> = msg.topic.split('/').collect();
         let mut targets = Targets::default();
         self.tree.collect(&levels, true, &mut targets);
         let Targets { direct, groups } = targets;
         let sessions = &mut self.sessions;
         let mut delivered = 0;
-        let mut offer = |client: &ClientId, sub_qos: QoS| -> Offer {
-            let Some(s) = sessions.get_mut(client) else {
+        let mut blocked = Vec::new();
+        let offer = |client: &ClientId, sub_qos: QoS| -> Offer {
+            let Some(s) = sessions.get(client) else {
                 return Offer::Gone;
             };
             let out = Outgoing {
@@ -336,50 +350,74 @@ impl Router {
             };
             match s.tx.try_send(out) {
                 Ok(()) => Offer::Sent,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if let Some(k) = s.kick.take() {
-                        let _ = k.send(Kick::Slow);
-                        stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Offer::Full
-                }
+                Err(mpsc::error::TrySendError::Full(out)) => Offer::Full(Blocked {
+                    client: client.clone(),
+                    tx: s.tx.clone(),
+                    out,
+                }),
                 Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
             }
         };
         for (client, sub_qos) in &direct {
             match offer(client, *sub_qos) {
                 Offer::Sent => delivered += 1,
-                Offer::Full => {
-                    stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                Offer::Full(b) => blocked.push(b),
                 Offer::Gone => {}
             }
         }
         for (members, start) in groups {
-            // Round robin; a member that cannot take it passes it on to the next.
+            // Round robin; a member that cannot take it passes it on to the next, and if
+            // none can, the publisher waits for the one whose turn it was.
             let n = members.len();
+            let mut first_full = None;
             let mut sent = false;
             for i in 0..n {
                 let (client, sub_qos) = &members[(start + i) % n];
-                if offer(client, *sub_qos) == Offer::Sent {
-                    sent = true;
-                    break;
+                match offer(client, *sub_qos) {
+                    Offer::Sent => {
+                        sent = true;
+                        break;
+                    }
+                    Offer::Full(b) => {
+                        if first_full.is_none() {
+                            first_full = Some(b);
+                        }
+                    }
+                    Offer::Gone => {}
                 }
             }
             if sent {
                 delivered += 1;
-            } else {
-                stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(b) = first_full {
+                blocked.push(b);
             }
         }
-        delivered
+        (delivered, blocked)
+    }
+
+    /// Disconnects a subscriber that did not make room in time.
+    pub fn kick_slow(&mut self, client: &ClientId, stats: &Stats) {
+        if let Some(s) = self.sessions.get_mut(client)
+            && let Some(k) = s.kick.take()
+        {
+            let _ = k.send(Kick::Slow);
+            stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// A message a subscriber had no room for yet.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    pub client: ClientId,
+    pub tx: mpsc::Sender<Outgoing>,
+    pub out: Outgoing,
+}
+
+#[derive(Debug)]
 enum Offer {
     Sent,
-    Full,
+    Full(Blocked),
     Gone,
 }
 
@@ -387,11 +425,18 @@ enum Offer {
 mod tests {
     use super::*;
 
+    impl Router {
+        /// Delivered count, for tests that expect nothing blocked.
+        fn route_n(&mut self, m: &Arc<Message>, q: QoS) -> usize {
+            self.route(m, q).0
+        }
+    }
+
     fn client(r: &mut Router, id: &str, cap: usize) -> (ClientId, mpsc::Receiver<Outgoing>) {
         let id: ClientId = Arc::from(id);
         let (tx, rx) = mpsc::channel(cap);
         let (k, _) = oneshot::channel();
-        r.register(&id, 1, tx, k);
+        r.register(&id, None, 1, tx, k).unwrap();
         (id, rx)
     }
 
@@ -405,36 +450,30 @@ mod tests {
     #[test]
     fn wildcards_and_dedup() {
         let mut r = Router::default();
-        let stats = Stats::default();
         let (a, mut ra) = client(&mut r, "a", 8);
         r.subscribe(&a, None, "x/+/z", QoS::AtMostOnce);
         r.subscribe(&a, None, "x/#", QoS::AtLeastOnce);
-        assert_eq!(r.route(&msg("x/y/z"), QoS::AtLeastOnce, &stats), 1);
+        assert_eq!(r.route_n(&msg("x/y/z"), QoS::AtLeastOnce), 1);
         let got = ra.try_recv().unwrap();
         assert_eq!(got.qos, QoS::AtLeastOnce, "highest matching QoS wins");
         assert!(ra.try_recv().is_err(), "one copy per client");
-        assert_eq!(
-            r.route(&msg("x"), QoS::AtMostOnce, &stats),
-            1,
-            "x/# matches x"
-        );
-        assert_eq!(r.route(&msg("y/y/z"), QoS::AtMostOnce, &stats), 0);
+        assert_eq!(r.route_n(&msg("x"), QoS::AtMostOnce), 1, "x/# matches x");
+        assert_eq!(r.route_n(&msg("y/y/z"), QoS::AtMostOnce), 0);
         r.unsubscribe(&a, None, "x/#");
         r.unsubscribe(&a, None, "x/+/z");
-        assert_eq!(r.route(&msg("x/y/z"), QoS::AtMostOnce, &stats), 0);
+        assert_eq!(r.route_n(&msg("x/y/z"), QoS::AtMostOnce), 0);
         assert!(r.tree.is_empty(), "empty nodes are pruned");
     }
 
     #[test]
     fn shared_round_robin_and_full_member_passes_on() {
         let mut r = Router::default();
-        let stats = Stats::default();
         let (a, mut ra) = client(&mut r, "a", 1);
         let (b, mut rb) = client(&mut r, "b", 100);
         r.subscribe(&a, Some("g"), "t/+", QoS::AtLeastOnce);
         r.subscribe(&b, Some("g"), "t/+", QoS::AtLeastOnce);
         for _ in 0..4 {
-            assert_eq!(r.route(&msg("t/1"), QoS::AtLeastOnce, &stats), 1);
+            assert_eq!(r.route_n(&msg("t/1"), QoS::AtLeastOnce), 1);
         }
         // a holds one message (its capacity), b got the rest, nothing was lost.
         let mut na = 0;
@@ -445,39 +484,43 @@ mod tests {
         while rb.try_recv().is_ok() {
             nb += 1;
         }
-        assert_eq!((na, nb), (1, 3));
-        assert_eq!(stats.messages_dropped.load(Ordering::Relaxed), 0);
+        assert_eq!((na, nb), (1, 3), "nothing blocked, nothing lost");
     }
 
     #[test]
     fn dollar_topics_need_explicit_filters() {
         let mut r = Router::default();
-        let stats = Stats::default();
         let (a, _ra) = client(&mut r, "a", 8);
         r.subscribe(&a, None, "#", QoS::AtMostOnce);
         r.subscribe(&a, None, "+/x", QoS::AtMostOnce);
-        assert_eq!(r.route(&msg("$SYS/x"), QoS::AtMostOnce, &stats), 0);
+        assert_eq!(r.route_n(&msg("$SYS/x"), QoS::AtMostOnce), 0);
         r.subscribe(&a, None, "$SYS/+", QoS::AtMostOnce);
-        assert_eq!(r.route(&msg("$SYS/x"), QoS::AtMostOnce, &stats), 1);
+        assert_eq!(r.route_n(&msg("$SYS/x"), QoS::AtMostOnce), 1);
     }
 
     #[test]
     fn takeover_drops_old_subscriptions_and_old_unregister_is_ignored() {
         let mut r = Router::default();
-        let stats = Stats::default();
         let id: ClientId = Arc::from("c");
         let (tx1, _rx1) = mpsc::channel(8);
         let (k1, mut kick1) = oneshot::channel();
-        assert!(!r.register(&id, 1, tx1, k1));
+        assert!(!r.register(&id, Some("u"), 1, tx1, k1).unwrap());
         r.subscribe(&id, None, "a", QoS::AtMostOnce);
         let (tx2, mut rx2) = mpsc::channel(8);
         let (k2, _kick2) = oneshot::channel();
-        assert!(r.register(&id, 2, tx2, k2));
+        let (tx_other, _rx_other) = mpsc::channel(8);
+        let (k_other, _) = oneshot::channel();
+        assert!(
+            r.register(&id, Some("intruder"), 9, tx_other, k_other)
+                .is_err(),
+            "another user cannot take the id over"
+        );
+        assert!(r.register(&id, Some("u"), 2, tx2, k2).unwrap());
         assert_eq!(kick1.try_recv().unwrap(), Kick::TakenOver);
-        assert_eq!(r.route(&msg("a"), QoS::AtMostOnce, &stats), 0);
+        assert_eq!(r.route_n(&msg("a"), QoS::AtMostOnce), 0);
         r.subscribe(&id, None, "a", QoS::AtMostOnce);
         r.unregister(&id, 1); // the old connection's cleanup must not touch the new one
-        assert_eq!(r.route(&msg("a"), QoS::AtMostOnce, &stats), 1);
+        assert_eq!(r.route_n(&msg("a"), QoS::AtMostOnce), 1);
         assert!(rx2.try_recv().is_ok());
         r.unregister(&id, 2);
         assert_eq!(r.connected(), 0);
@@ -506,18 +549,20 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_kicks_the_slow_subscriber() {
+    fn full_queue_blocks_and_kick_slow_disconnects() {
         let mut r = Router::default();
         let stats = Stats::default();
         let id: ClientId = Arc::from("slow");
         let (tx, _rx) = mpsc::channel(1);
         let (k, mut kick) = oneshot::channel();
-        r.register(&id, 1, tx, k);
+        r.register(&id, None, 1, tx, k).unwrap();
         r.subscribe(&id, None, "t", QoS::AtMostOnce);
-        assert_eq!(r.route(&msg("t"), QoS::AtMostOnce, &stats), 1);
-        assert_eq!(r.route(&msg("t"), QoS::AtMostOnce, &stats), 0);
+        assert_eq!(r.route_n(&msg("t"), QoS::AtMostOnce), 1);
+        let (n, blocked) = r.route(&msg("t"), QoS::AtMostOnce);
+        assert_eq!((n, blocked.len()), (0, 1));
+        assert_eq!(&*blocked[0].client, "slow");
+        r.kick_slow(&id, &stats);
         assert_eq!(kick.try_recv().unwrap(), Kick::Slow);
         assert_eq!(stats.slow_disconnects.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.messages_dropped.load(Ordering::Relaxed), 1);
     }
 }

@@ -519,6 +519,10 @@ async fn session_takeover_closes_the_old_connection_without_its_will() {
     );
     assert_eq!(broker.stats().snapshot().takeovers, 1);
     assert_eq!(broker.clients(), 2);
+    // Another user may not borrow the id to knock the owner off.
+    let (_s, ack) = raw_connect(addr, "same", "dev2", "p2", 30, None).await;
+    assert_eq!(ack.code, ConnectReturnCode::BadClientId);
+    assert_eq!(broker.stats().snapshot().takeovers, 1);
     broker.shutdown().await;
 }
 
@@ -530,7 +534,8 @@ async fn slow_subscriber_is_disconnected_not_buffered() {
     })
     .await;
     let addr = broker.local_addr();
-    // Subscribes, then never acknowledges anything.
+    // Subscribes, then never acknowledges anything: four QoS 1 messages fill its window,
+    // eight its queue, and the publisher waits for room that never comes.
     let (mut lazy, _) = raw_connect(addr, "lazy", "admin", "root", 30, None).await;
     let mut sub = Subscribe::new("t", rumqttc::mqttbytes::QoS::AtLeastOnce);
     sub.pkid = 1;
@@ -545,11 +550,12 @@ async fn slow_subscriber_is_disconnected_not_buffered() {
     for _ in 0..50 {
         publisher
             .client
-            .publish("t", QoS::AtMostOnce, false, "x")
+            .publish("t", QoS::AtLeastOnce, false, "x")
             .await
             .unwrap();
     }
-    for _ in 0..100 {
+    // The publisher is throttled for up to five seconds, then the subscriber goes.
+    for _ in 0..500 {
         if broker.stats().snapshot().slow_disconnects > 0 {
             break;
         }
@@ -562,6 +568,32 @@ async fn slow_subscriber_is_disconnected_not_buffered() {
         .await
         .expect("closed within 5 s")
         .ok();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_queue_throttles_the_publisher_and_loses_nothing() {
+    let broker = start(|c| {
+        c.queue_capacity = 8;
+        c.inflight_window = 4;
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut sub = connect(addr, "sub", "admin", "root").await;
+    sub.subscribe("dev/1/event").await;
+    let dev = connect(addr, "d1", "dev1", "p1").await;
+    for i in 0..500 {
+        dev.client
+            .publish("dev/1/event", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..500 {
+        let p = sub.next_publish(LONG).await.expect("every message arrives");
+        assert_eq!(p.payload, format!("{i}").as_bytes(), "in order");
+    }
+    let st = broker.stats().snapshot();
+    assert_eq!((st.slow_disconnects, st.messages_dropped), (0, 0));
     broker.shutdown().await;
 }
 

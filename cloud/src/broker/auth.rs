@@ -1,7 +1,7 @@
 //! MQTT credentials: who a CONNECT is, checked against the database. The cloud's own user
 //! (`dmr-cloud`) has a configured or generated secret; a gateway (`gw:<id>`) has the random
 //! password enrollment handed out once, of which only a SHA-256 hash is stored
-//! (`gateways.mqtt_password_hash`). A fast hash is enough here, unlike for people's
+//! (`gateways.mqtt_password_hash`, hex SHA-256). A fast hash is enough here, unlike for people's
 //! passwords: the password is 256 random bits, so there is nothing to guess.
 //! Only enrolled, non-deleted gateways get in; re-enrollment replaces the hash, so the old
 //! password stops working, and retiring a gateway locks it out.
@@ -15,9 +15,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -31,13 +28,9 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Entries kept at most; the cache is cleared when full (simple, and rare).
 const CACHE_MAX: usize = 100_000;
 
-/// The stored form of an MQTT password: `sha256:` + base64url(SHA-256(password)).
-/// (A1's enrollment stores this; `link::enroll::mqtt_password_hash` must produce the same
-/// text — until the branches merge this is the single definition.)
-pub fn mqtt_password_hash(password: &str) -> String {
-    let digest = Sha256::digest(password.as_bytes());
-    format!("sha256:{}", URL_SAFE_NO_PAD.encode(digest))
-}
+/// The stored form of an MQTT password: the enrollment's definition, so the broker and
+/// the enrollment can never disagree on it.
+pub use crate::link::enroll::mqtt_password_hash;
 
 /// Why a CONNECT is refused (for logs and metrics; the client only learns "denied").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,16 +212,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_is_stable_and_prefixed() {
+    fn hash_is_hex_sha256() {
         let h = mqtt_password_hash("secret");
-        assert!(h.starts_with("sha256:"));
-        assert_eq!(h.len(), "sha256:".len() + 43);
+        assert_eq!(h.len(), 64);
         assert_eq!(h, mqtt_password_hash("secret"));
         assert_ne!(h, mqtt_password_hash("secreT"));
         // Known answer: SHA-256("abc").
         assert_eq!(
             mqtt_password_hash("abc"),
-            "sha256:ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 }

@@ -141,6 +141,11 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     if store::soft_delete(&state.db, &scope, &id).await? {
+        // A deleted gateway must not keep a cached broker login or key.
+        if let Ok(u) = uuid::Uuid::parse_str(&id) {
+            state.broker.auth.forget(u);
+            state.ingest.forget(u);
+        }
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::Conflict(

@@ -273,6 +273,9 @@ pub async fn enroll(
     tx.commit().await?;
     if let Ok(u) = Uuid::parse_str(&gateway_id) {
         state.ingest.forget(u);
+        // The broker caches logins for a few seconds: a re-enrolled board's old password
+        // must stop working now, not when the cache expires.
+        state.broker.auth.forget(u);
     }
     tracing::info!(gateway = %gateway_id, merchant = %merchant_id, "gateway enrolled");
     let cfg = &state.config.gateway;
