@@ -904,7 +904,7 @@ mod tests {
             env(&[
                 ("DMR_MQTT_URL", "mqtts://broker.example:8884"),
                 ("DMR_MQTT_SHARED_SUBSCRIPTION", "false"),
-                ("DMR_MQTT_PASSWORD", "pw-s3cr3t"),
+                ("DMR_MQTT_PASSWORD", "pw-s3cr3t-long-enough"),
             ]),
         )
         .unwrap();
@@ -913,7 +913,7 @@ mod tests {
             ("broker.example", 8884, true)
         );
         assert!(!c.mqtt.shared_subscription);
-        assert!(!format!("{c:?}").contains("pw-s3cr3t"));
+        assert!(!format!("{c:?}").contains("pw-s3cr3t-long-enough"));
         let err = Config::load_from(
             None,
             env(&[
