@@ -37,6 +37,9 @@ pub enum ApiError {
     LoginLocked { retry_after_secs: u64 },
     #[error("refresh token reused; all sessions of this login were revoked")]
     RefreshReuse,
+    /// A dependency (a payment provider, the gateway link) is down; try again later.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -132,6 +135,12 @@ impl ApiError {
                 "refresh_token_reused",
                 "this refresh token was already used; every session of this login was revoked"
                     .into(),
+                Value::Null,
+            ),
+            Unavailable(msg) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                msg.clone(),
                 Value::Null,
             ),
             Internal(_) => (

@@ -8,7 +8,7 @@
 //! pool and applies the embedded migrations; [`app`] builds the router from the route
 //! table in [`http::routes`], where each route names the permission ([`rbac`]) it needs and
 //! the guard in [`http::guard`] enforces it. Each feature folder (`auth`, `merchants`,
-//! `venues`, `gateways`, `locks`, `users`, `enrollment`) has the same shape: `types` (rows,
+//! `venues`, `gateways`, `locks`, `users`, `enrollment`, `orders`) has the same shape: `types` (rows,
 //! bodies, validation), `store` (its SQL, tenant-scoped), `handlers`. Every handler returns
 //! [`error::ApiError`], the one mapping to status codes and the JSON error body. [`jobs`] runs
 //! periodic work under database leases. [`cli`] is what the thin `main` calls.
@@ -30,6 +30,8 @@ pub mod jobs;
 pub mod locks;
 pub mod merchants;
 pub mod openapi;
+pub mod orders;
+pub mod payments;
 pub mod rbac;
 pub mod users;
 pub mod venues;
@@ -47,4 +49,6 @@ pub struct AppState {
     pub jwt: Arc<auth::jwt::JwtKeys>,
     pub metrics: Arc<http::metrics::Metrics>,
     pub limiter: Arc<http::ratelimit::RateLimiter>,
+    /// Orders, payment providers and the unlock dispatcher.
+    pub orders: Arc<orders::Orders>,
 }
