@@ -351,7 +351,7 @@ pub async fn refund(
     tx.commit().await?;
     drop(conn);
     // Send now rather than on the next job round; the job retries if this fails.
-    if let Err(e) = refunds::send_due(&state, 10).await {
+    if let Err(e) = refunds::send_due(&state, now_ms(), 10).await {
         tracing::warn!(error = %e, "sending a refund right away failed; the job retries");
     }
     let o = scoped_order(&state, &caller.scope(), &id).await?;

@@ -135,7 +135,7 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
         round.redispatched += 1;
     }
 
-    round.refunds_sent = refunds::send_due(state, BATCH).await?;
+    round.refunds_sent = refunds::send_due(state, now, BATCH).await?;
     round.payments_found = query_silent_payments(state, now).await?;
 
     // Settlements of finished days.

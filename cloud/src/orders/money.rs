@@ -93,6 +93,14 @@ pub fn commission(net_fen: i64, bp: i64) -> i64 {
     i64::try_from(r).unwrap_or(0)
 }
 
+/// One order's settlement for one day: given its cumulative net through the day, the
+/// commission already booked on earlier days (positive) and the day's net, the commission
+/// and merchant share to book now. They always add up to the day's net.
+pub fn allocate(cum_net: i64, commission_before: i64, day_net: i64, bp: i64) -> (i64, i64) {
+    let c = commission(cum_net, bp) - commission_before;
+    (c, day_net - c)
+}
+
 /// Ledger entry kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -240,8 +248,7 @@ pub async fn settle_day(
         .bind(order_id.clone())
         .fetch_one(&mut *conn)
         .await?;
-        let c = commission(cum, bp) + already; // `already` is negative
-        let share = net - c;
+        let (c, share) = allocate(cum, -already, *net, bp);
         commission_total += c;
         net_total += share;
         booked.push((order_id.clone(), c, share));
@@ -401,6 +408,64 @@ mod tests {
             let d = shanghai_day(ms);
             let s = shanghai_day_start(&d).unwrap();
             assert!(s <= ms && ms < s + DAY_MS, "{d}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Random orders with a payment and partial refunds spread over days, settled
+        /// day by day as `settle_day` does: every order's entries sum to exactly zero,
+        /// its commission is the rounding of its own final net, and every day's statement
+        /// adds up (gross − refunds = commission + net).
+        #[test]
+        fn ledger_sums_exactly(
+            bp in 0i64..=10_000,
+            orders in proptest::collection::vec(
+                (1i64..=100_000, 0usize..4, proptest::collection::vec((0usize..4, 1i64..=100_000), 0..4)),
+                1..12,
+            ),
+        ) {
+            // Entries: (order, day, kind, amount) with the ledger's signs.
+            let mut entries: Vec<(usize, usize, &str, i64)> = Vec::new();
+            for (o, (price, pay_day, refunds)) in orders.iter().enumerate() {
+                entries.push((o, *pay_day, "payment", *price));
+                let mut left = *price;
+                for (later, amount) in refunds {
+                    let amount = (*amount).min(left);
+                    if amount == 0 { continue; }
+                    left -= amount;
+                    entries.push((o, pay_day + later, "refund", -amount));
+                }
+            }
+            let last_day = entries.iter().map(|e| e.1).max().unwrap_or(0);
+            let mut booked: Vec<(usize, usize, &str, i64)> = Vec::new();
+            for day in 0..=last_day {
+                let (mut gross, mut refunds, mut comm_total, mut net_total) = (0, 0, 0, 0);
+                for o in 0..orders.len() {
+                    let today: Vec<_> = entries.iter().filter(|e| e.0 == o && e.1 == day).collect();
+                    if today.is_empty() { continue; }
+                    for e in &today {
+                        if e.2 == "payment" { gross += e.3 } else { refunds -= e.3 }
+                    }
+                    let day_net: i64 = today.iter().map(|e| e.3).sum();
+                    let cum: i64 = entries.iter().filter(|e| e.0 == o && e.1 <= day).map(|e| e.3).sum();
+                    let before: i64 = -booked.iter().filter(|b| b.0 == o && b.2 == "commission").map(|b| b.3).sum::<i64>();
+                    let (c, share) = allocate(cum, before, day_net, bp);
+                    booked.push((o, day, "commission", -c));
+                    booked.push((o, day, "merchant_share", -share));
+                    comm_total += c;
+                    net_total += share;
+                }
+                prop_assert_eq!(gross - refunds, comm_total + net_total);
+            }
+            for o in 0..orders.len() {
+                let sum: i64 = entries.iter().chain(booked.iter()).filter(|e| e.0 == o).map(|e| e.3).sum();
+                prop_assert_eq!(sum, 0, "order {} entries sum to zero", o);
+                let final_net: i64 = entries.iter().filter(|e| e.0 == o).map(|e| e.3).sum();
+                let comm: i64 = -booked.iter().filter(|b| b.0 == o && b.2 == "commission").map(|b| b.3).sum::<i64>();
+                prop_assert_eq!(comm, commission(final_net, bp));
+            }
         }
     }
 

@@ -277,8 +277,7 @@ pub async fn cancel_unsent(
 /// Sends every due refund (pending past its grace, or processing and due for a retry).
 /// Each is claimed with a conditional update first, so two instances never send one twice
 /// at the same moment — and if they did, the same `out_refund_no` makes it harmless.
-pub async fn send_due(state: &AppState, limit: i64) -> Result<usize, ApiError> {
-    let now = now_ms();
+pub async fn send_due(state: &AppState, now: i64, limit: i64) -> Result<usize, ApiError> {
     let sql = format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE status IN ('pending', 'processing') \
          AND send_after <= $1 ORDER BY send_after LIMIT $2"
@@ -332,7 +331,7 @@ pub async fn send_due(state: &AppState, limit: i64) -> Result<usize, ApiError> {
         match result {
             Ok(RefundState::Succeeded { refund_id }) => {
                 let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-                apply_success(&mut tx, &r, &refund_id, now_ms()).await?;
+                apply_success(&mut tx, &r, &refund_id, now).await?;
                 tx.commit().await?;
             }
             Ok(RefundState::Processing { refund_id }) => {

@@ -192,11 +192,15 @@ pub async fn apply(
                     .bind(n.id().to_string())
                     .execute(&mut *tx)
                     .await?;
+                // A query result (the reconciler) is not a notification: keep notified_at
+                // empty so reconciliation can report the missing notification.
+                let notified = !n.id().starts_with("query:");
                 dispatch = apply_payment_success(
                     &mut tx,
                     &p,
                     transaction_id,
                     *paid_at_ms,
+                    notified,
                     &Actor::Provider(provider_name.to_string()),
                 )
                 .await?;
@@ -236,22 +240,33 @@ pub async fn apply_payment_success(
     p: &PaymentRow,
     transaction_id: &str,
     paid_at_ms: i64,
+    notified: bool,
     actor: &Actor,
 ) -> Result<Option<String>, ApiError> {
     let now = now_ms();
     let won = sqlx::query(
         "UPDATE payments SET status = 'succeeded', provider_txn_id = $1, paid_at = $2, \
-         notified_at = $3, updated_at = $3 WHERE id = $4 AND status IN ('pending', 'closed')",
+         notified_at = $3, updated_at = $4 WHERE id = $5 AND status IN ('pending', 'closed')",
     )
     .bind(transaction_id.to_string())
     .bind(paid_at_ms)
-    .bind(now)
+    .bind(notified.then_some(now))
     .bind(p.id.clone())
     .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
     if !won {
+        // Already applied; a late real notification still records that it came.
+        if notified {
+            sqlx::query(
+                "UPDATE payments SET notified_at = $1 WHERE id = $2 AND notified_at IS NULL",
+            )
+            .bind(now)
+            .bind(p.id.clone())
+            .execute(&mut *conn)
+            .await?;
+        }
         return Ok(None);
     }
     money::book(

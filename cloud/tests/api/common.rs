@@ -251,6 +251,9 @@ pub struct Tenant {
     pub gateway_id: String,
     pub lock_id: String,
     pub code_id: String,
+    /// Filled by `orders::support::seed_money` for the tests that need them.
+    pub order_id: String,
+    pub settlement_id: String,
 }
 
 #[derive(Clone, Debug)]
@@ -335,6 +338,8 @@ pub async fn seed_tenant(app: &TestApp, admin: &str, tag: &str) -> Tenant {
         gateway_id,
         lock_id,
         code_id,
+        order_id: String::new(),
+        settlement_id: String::new(),
     }
 }
 

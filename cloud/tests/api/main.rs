@@ -8,6 +8,7 @@ mod common;
 mod errors;
 mod leases;
 mod openapi;
+mod orders;
 mod rbac;
 mod resources;
 mod web;
