@@ -251,6 +251,7 @@ pub async fn apply_payment_success(
     .bind(transaction_id.to_string())
     .bind(paid_at_ms)
     .bind(notified.then_some(now))
+    .bind(now)
     .bind(p.id.clone())
     .execute(&mut *conn)
     .await?
