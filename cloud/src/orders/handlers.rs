@@ -479,8 +479,8 @@ pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult
         .map(|i| money::shanghai_day(now - i * 24 * 3_600_000))
         .collect();
     let mut q = Sql::new(
-        "SELECT day, COALESCE(SUM(amount_fen), 0), \
-         COALESCE(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END), 0) \
+        "SELECT day, CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END), 0) AS BIGINT) \
          FROM ledger_entries WHERE kind IN ('payment', 'refund') AND day >= ",
     );
     q.bind_text(days[0].clone());

@@ -234,7 +234,7 @@ pub async fn settle_day(
     let mut booked: Vec<(String, i64, i64)> = Vec::new();
     for (order_id, net) in &day_net {
         let cum: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_entries \
+            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries \
              WHERE order_id = $1 AND kind IN ('payment', 'refund') AND day <= $2",
         )
         .bind(order_id.clone())
@@ -242,7 +242,7 @@ pub async fn settle_day(
         .fetch_one(&mut *conn)
         .await?;
         let already: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_entries \
+            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries \
              WHERE order_id = $1 AND kind = 'commission'",
         )
         .bind(order_id.clone())

@@ -63,13 +63,13 @@ pub async fn by_out_refund_no(
 /// not cancelled or failed.
 pub async fn refundable(conn: &mut AnyConnection, order_id: &str) -> Result<i64, ApiError> {
     let paid: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(amount_fen), 0) FROM payments WHERE order_id = $1 AND status = 'succeeded'",
+        "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM payments WHERE order_id = $1 AND status = 'succeeded'",
     )
     .bind(order_id.to_string())
     .fetch_one(&mut *conn)
     .await?;
     let refunded: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE order_id = $1 \
+        "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM refunds WHERE order_id = $1 \
          AND status IN ('pending', 'processing', 'succeeded')",
     )
     .bind(order_id.to_string())

@@ -151,7 +151,7 @@ pub mod support {
     pub async fn ledger_sum(app: &TestApp, order_id: &str) -> i64 {
         scalar(
             app,
-            "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_entries WHERE order_id = $1",
+            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries WHERE order_id = $1",
             order_id,
         )
         .await
