@@ -399,8 +399,19 @@ async fn apply(
     }
 }
 
+/// online, last_seen_at, outbox_pending, outbox_oldest_age_s
+type GatewayNow = (i64, Option<i64>, Option<i64>, Option<i64>);
+/// status, door_closed, locked, fw_version, last_heartbeat_at
+type LockRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
 async fn gateway_change(conn: &mut AnyConnection, ctx: &GatewayCtx) -> Result<(), ApiError> {
-    let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+    let row: Option<GatewayNow> = sqlx::query_as(
         "SELECT online, last_seen_at, outbox_pending, outbox_oldest_age_s FROM gateways WHERE id = $1",
     )
     .bind(ctx.gateway_id.to_string())
@@ -567,13 +578,7 @@ async fn lock_change(
     ctx: &GatewayCtx,
     lock_id: &str,
 ) -> Result<(), ApiError> {
-    let row: Option<(
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<i64>,
-    )> = sqlx::query_as(
+    let row: Option<LockRow> = sqlx::query_as(
         "SELECT status, door_closed, locked, fw_version, last_heartbeat_at FROM locks \
              WHERE id = $1 AND gateway_id = $2",
     )

@@ -254,6 +254,8 @@ pub struct Tenant {
     pub gateway_id: String,
     pub lock_id: String,
     pub code_id: String,
+    /// An alarm raised on the tenant's lock (inserted directly: alarms come from gateways).
+    pub alarm_id: String,
 }
 
 #[derive(Clone, Debug)]
@@ -328,7 +330,20 @@ pub async fn seed_tenant(app: &TestApp, admin: &str, tag: &str) -> Tenant {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{c}");
     let code_id = c["id"].as_str().unwrap().to_string();
+    let alarm_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO alarms (id, merchant_id, gateway_id, lock_id, kind, raised_at, created_at) \
+         VALUES ($1, $2, $3, $4, 'tamper', 1, 1)",
+    )
+    .bind(alarm_id.clone())
+    .bind(merchant_id.clone())
+    .bind(gateway_id.clone())
+    .bind(lock_id.clone())
+    .execute(&app.state.db.pool)
+    .await
+    .unwrap();
     Tenant {
+        alarm_id,
         merchant_id,
         owner,
         staff,
