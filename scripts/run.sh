@@ -19,6 +19,12 @@ echo "== building the binaries (release; the first build takes a few minutes)"
 cargo build --locked --release -p dmr-cloud -p dmr-firmware-sim
 
 export DMR_DATABASE_URL="sqlite://$RUN_DIR/cloud.db"
+# The master key that encrypts the cloud's signing keys: made once per demo directory.
+if [ -z "${DMR_MASTER_KEY:-}" ]; then
+  [ -s "$RUN_DIR/master.key" ] || (umask 077 && head -c 32 /dev/urandom | base64 > "$RUN_DIR/master.key")
+  DMR_MASTER_KEY=$(cat "$RUN_DIR/master.key")
+  export DMR_MASTER_KEY
+fi
 export DMR_SERVER_LISTEN="127.0.0.1:$PORT" DMR_SERVER_PUBLIC_BASE_URL="http://127.0.0.1:$PORT"
 export DMR_SERVER_WEB_DIR="$PWD/cloud/web/dist" DMR_LOG_FORMAT=${DMR_LOG_FORMAT:-pretty}
 PASSWORD_FILE="$RUN_DIR/admin.password"

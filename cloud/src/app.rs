@@ -20,13 +20,13 @@ use crate::http::ratelimit::RateLimiter;
 use crate::http::routes::{Access, RouteSpec, RouteTable};
 use crate::rbac::Permission as P;
 use crate::{
-    AppState, auth, enrollment, gateways, health, locks, merchants, openapi, orders, payments,
-    users, venues,
+    AppState, auth, enrollment, gateways, health, link, locks, merchants, openapi, orders,
+    payments, users, venues,
 };
 
 /// Every route the service serves, with who may call it.
 pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
-    use Access::{Authenticated, Infra, Perm, Public};
+    use Access::{Authenticated, Gateway, Infra, Perm, Public};
     let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
     RouteTable::new(state)
         .add(get.clone(), "/health", Infra, health::health)
@@ -162,6 +162,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Perm(P::DeviceWrite),
             gateways::handlers::delete,
         )
+        .add(
+            get.clone(),
+            "/api/v1/gateways/{id}/commands",
+            Perm(P::DeviceRead),
+            link::commands::list_for_gateway,
+        )
         // Locks
         .add(
             get.clone(),
@@ -192,6 +198,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             "/api/v1/locks/{id}",
             Perm(P::DeviceWrite),
             locks::handlers::delete,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/locks/{id}/unlock",
+            Perm(P::DeviceUnlock),
+            link::commands::unlock_lock,
         )
         // Users of a merchant
         .add(
@@ -355,6 +367,44 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Perm(P::OrderRead),
             orders::handlers::summary,
         )
+        // The gateway link: enrollment (public, rate limited) and gateway-signed requests.
+        .add(
+            Method::POST,
+            "/api/v1/gateway/enroll",
+            Public,
+            link::enroll::enroll,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/gateway/events",
+            Gateway,
+            link::sync::events,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/gateway/sync",
+            Gateway,
+            link::sync::sync,
+        )
+        // Console: live changes and alarms.
+        .add(
+            Method::GET,
+            "/api/v1/live",
+            Perm(P::DeviceRead),
+            link::live::live,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/alarms",
+            Perm(P::DeviceRead),
+            link::alarms::list,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/alarms/{id}/ack",
+            Perm(P::DeviceWrite),
+            link::alarms::ack,
+        )
         .finish()
 }
 
@@ -389,9 +439,31 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         }
     };
     let jwt = JwtKeys::new(&key, &config.auth.issuer, &config.auth.audience)?;
-    let orders = Arc::new(build_orders(&db, &config).await?);
+    let master = config
+        .keys
+        .master_key
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}", crate::config::MASTER_KEY_HELP))?;
+    let keys = crate::link::keys::KeyRing::new(db.clone(), master);
+    keys.ensure().await.context("cloud signing keys")?;
+    let link_metrics = Arc::new(crate::link::metrics::LinkMetrics::default());
+    let ingest = crate::link::ingest::Ingest::new(db.clone(), link_metrics.clone());
+    let keys = Arc::new(keys);
+    let mqtt = crate::link::bridge::MqttLink::new(&config.mqtt)?;
+    let commands = Arc::new(crate::link::commands::Commands::new(
+        db.clone(),
+        keys.clone(),
+        mqtt.clone(),
+    ));
+    let orders = Arc::new(build_orders(&db, &config, keys.clone(), commands.clone()).await?);
     let state = AppState {
         orders,
+        mqtt,
+        commands,
+        stop: Arc::new(tokio::sync::watch::channel(false).0),
+        keys,
+        ingest: Arc::new(ingest),
+        link_metrics,
         db,
         jwt: Arc::new(jwt),
         metrics: Arc::new(Metrics::default()),
@@ -414,8 +486,13 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
 
 /// The orders service: timing from the config, the sandbox provider (its key from the
 /// config or generated once and kept in the database, so every instance verifies the
-/// same signatures), and the dispatcher used until the gateway link replaces it.
-async fn build_orders(db: &Db, config: &Config) -> anyhow::Result<orders::Orders> {
+/// same signatures), and the gateway link as the unlock dispatcher.
+async fn build_orders(
+    db: &Db,
+    config: &Config,
+    keys: Arc<crate::link::keys::KeyRing>,
+    commands: Arc<crate::link::commands::Commands>,
+) -> anyhow::Result<orders::Orders> {
     let o = &config.orders;
     let secs = |s: u64| {
         i64::try_from(s)
@@ -450,15 +527,7 @@ async fn build_orders(db: &Db, config: &Config) -> anyhow::Result<orders::Orders
     let access = db
         .shared_secret("order_access_hmac", auth::store::new_refresh_secret)
         .await?;
-    let seed_text = db
-        .shared_secret("order_token_seed_unlinked", auth::store::new_refresh_secret)
-        .await?;
-    let mut seed = [0u8; 32];
-    let decoded = dmr_protocol::b64::decode(&seed_text).context("stored token seed")?;
-    for (i, b) in decoded.iter().take(32).enumerate() {
-        seed[i] = *b;
-    }
-    let dispatcher = Arc::new(orders::dispatch::UnlinkedDispatcher::new(seed, 0));
+    let dispatcher = Arc::new(orders::dispatch::LinkDispatcher::new(keys, commands));
     Ok(orders::Orders::new(
         oc,
         providers,
@@ -474,6 +543,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let stop = app.state.stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // End the live streams, or graceful shutdown would wait for them forever.
+        stop.send_replace(true);
+    };
     axum::serve(
         listener,
         app.router
@@ -498,7 +573,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let holder = format!("{}:{}", hostname(), std::process::id());
     let cleanup = tokio::spawn(crate::jobs::run_cleanup(
         db.clone(),
-        holder,
+        holder.clone(),
         std::time::Duration::from_secs(600),
         stop_rx.clone(),
     ));
@@ -510,6 +585,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+    let prune = tokio::spawn(crate::link::gwauth::run_prune(
+        app.state.clone(),
+        format!("{}:{}", hostname(), std::process::id()),
+        std::time::Duration::from_secs(60),
+        stop_rx.clone(),
+    ));
+    let (bridge, liveness) = spawn_link(&app.state, &holder, &stop_rx);
     let mut server_stop = stop_rx;
     let server = serve(app, listener, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -527,6 +609,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Whatever ended first, tell the jobs too.
     let _ = stop_tx.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), prune)
+        .await
+        .is_err()
+    {
+        tracing::warn!("link prune job did not stop within 10 s");
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(10), cleanup).await {
         Ok(Ok(())) => tracing::info!("cleanup job stopped"),
         Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),
@@ -539,10 +627,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("order jobs did not stop within 10 s");
     }
+    for (name, task) in [("MQTT bridge", bridge), ("liveness job", liveness)] {
+        let Some(task) = task else { continue };
+        match tokio::time::timeout(std::time::Duration::from_secs(15), task).await {
+            Ok(Ok(())) => tracing::info!("{name} stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "{name} panicked"),
+            Err(_) => tracing::warn!("{name} did not stop within 15 s"),
+        }
+    }
     db.pool.close().await;
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+type Task = Option<tokio::task::JoinHandle<()>>;
+
+/// Starts the gateway link's background tasks: the MQTT bridge (unless `mqtt.enabled` is
+/// false) and the leased liveness job. Tests that run the link call this too.
+pub fn spawn_link(
+    state: &AppState,
+    holder: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (Task, Task) {
+    let bridge = state
+        .config
+        .mqtt
+        .enabled
+        .then(|| tokio::spawn(crate::link::bridge::run(state.clone(), stop.clone())));
+    let liveness = tokio::spawn(crate::link::liveness::run(
+        state.clone(),
+        holder.to_string(),
+        std::time::Duration::from_secs(10),
+        stop.clone(),
+    ));
+    (bridge, Some(liveness))
 }
 
 fn hostname() -> String {

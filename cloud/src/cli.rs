@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `check-config`, `backup --to FILE` and
-//! `admin create-user`. Configuration is loaded and validated before anything else; a bad
+//! The command line: `serve`, `migrate`, `check-config`, `backup --to FILE`,
+//! `admin create-user` and `keys rotate|list|new-master`. Configuration is loaded and validated before anything else; a bad
 //! configuration exits with status 78 before a port or a database is opened.
 
 use std::io::BufRead as _;
@@ -41,6 +41,23 @@ pub enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Cloud signing keys (need DMR_MASTER_KEY, except new-master).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new active signing key; the current one stays trusted for the overlap.
+    Rotate {
+        /// Hours the previous key stays trusted (gateways learn the new key at their next sync).
+        #[arg(long, default_value_t = crate::link::keys::DEFAULT_OVERLAP_HOURS)]
+        overlap_hours: u64,
+    },
+    /// List the signing keys (public halves and status).
+    List,
+    /// Print a fresh random master key (base64) for DMR_MASTER_KEY.
+    NewMaster,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +94,17 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    let needs_master = matches!(
+        cli.command,
+        Command::Serve | Command::Keys(KeysCommand::Rotate { .. } | KeysCommand::List)
+    );
+    if needs_master && config.keys.master_key.is_none() {
+        eprintln!(
+            "dmr-cloud: invalid configuration:\n  - keys.master_key: missing; {}",
+            crate::config::MASTER_KEY_HELP
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     for name in crate::config::unknown_env_keys(std::env::vars()) {
         tracing::warn!(%name, "environment variable matches no configuration key; ignored");
     }
@@ -136,6 +164,48 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             let db = Db::connect(config.database.url.expose(), 1).await?;
             db.backup_to(&to).await?;
             println!("backup written to {}", to.display());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::NewMaster) => {
+            println!("{}", crate::link::keys::new_master_key());
+            Ok(())
+        }
+        Command::Keys(cmd) => {
+            let master = config
+                .keys
+                .master_key
+                .clone()
+                .context(crate::config::MASTER_KEY_HELP)?;
+            let db = open(&config).await?;
+            db.migrate().await?;
+            let ring = crate::link::keys::KeyRing::new(db, master);
+            ring.ensure().await?;
+            match cmd {
+                KeysCommand::Rotate { overlap_hours } => {
+                    let id = ring
+                        .rotate(std::time::Duration::from_secs(
+                            overlap_hours.saturating_mul(3600),
+                        ))
+                        .await?;
+                    println!(
+                        "key {id} is now active; the previous key stays trusted for {overlap_hours} h"
+                    );
+                }
+                KeysCommand::List | KeysCommand::NewMaster => {
+                    for k in ring.list().await? {
+                        println!(
+                            "{}\t{}\t{}\tcreated {}\tretire_after {}",
+                            k.key_id,
+                            k.status,
+                            k.public_key,
+                            k.created_at,
+                            k.retire_after
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         Command::Admin(AdminCommand::CreateUser {

@@ -80,10 +80,96 @@ pub struct RateLimitConfig {
     pub per_minute: u32,
 }
 
+/// Cloud signing keys.
+#[derive(Clone, Debug)]
+pub struct KeysConfig {
+    /// 32-byte AES-256 key that encrypts the cloud's private signing keys at rest. Only
+    /// from the environment (`DMR_MASTER_KEY`, base64), never from the file, so the file
+    /// and the database together do not give the keys away. `serve` and `keys` refuse to
+    /// start without it.
+    pub master_key: Option<Secret<[u8; 32]>>,
+}
+
+/// What enrollment and sync tell gateways.
+#[derive(Clone, Debug)]
+pub struct GatewayLinkConfig {
+    /// The MQTT URL handed to gateways at enrollment.
+    pub mqtt_url: String,
+    /// Default heartbeat interval for gateways (seconds).
+    pub heartbeat_interval_s: u32,
+    /// Default tolerated clock difference for unlock tokens (seconds).
+    pub token_skew_s: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+}
+
+/// The MQTT side of the gateway link: where the broker is, who the cloud is on it, and how
+/// the bridge batches what it consumes.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// Run the bridge at all (an API-only instance can leave the link to others).
+    pub enabled: bool,
+    /// `mqtt://host:port` or `mqtts://host:port`, as given.
+    pub url: String,
+    /// Parsed from `url`.
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// PEM CA bundle for `mqtts://` (the system roots when absent).
+    pub ca_file: Option<PathBuf>,
+    pub username: String,
+    pub password: Option<Secret<String>>,
+    /// Unique per instance: a broker drops an older connection with the same id. Empty in
+    /// the file means `dmr-cloud-<hostname>-<pid>`.
+    pub client_id: String,
+    /// Subscribe through `$share/dmr-cloud/...` so several instances split the load.
+    pub shared_subscription: bool,
+    pub keep_alive_secs: u64,
+    /// Messages handed to ingest in one batch at most.
+    pub batch_max: usize,
+    /// How long the bridge waits to fill a batch.
+    pub batch_wait_ms: u64,
+    /// Batches verified and applied at the same time.
+    pub workers: usize,
+    /// Messages received but not yet applied; at the bound the bridge stops reading the socket.
+    pub queue: usize,
+    /// Messages the broker may send before the cloud acknowledges (QoS 1 receive window).
+    pub inflight: u16,
+}
+
+impl MqttConfig {
+    /// Splits `mqtt://host:port` / `mqtts://host:port` into (tls, host, port).
+    pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+        let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r, 1883)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r, 8883)
+        } else {
+            return Err("must start with mqtt:// or mqtts://".into());
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err("must be mqtt(s)://host[:port] with no path or credentials \
+                 (set mqtt.username and mqtt.password instead)"
+                .into());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("port {p:?} is not a number in 1..=65535"))?;
+                (h.trim_start_matches('[').trim_end_matches(']'), port)
+            }
+            _ => (rest, default_port),
+        };
+        Ok((tls, host.to_string(), port))
+    }
 }
 
 /// The whole validated configuration.
@@ -93,7 +179,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub keys: KeysConfig,
+    pub gateway: GatewayLinkConfig,
     pub log: LogConfig,
+    pub mqtt: MqttConfig,
     pub orders: OrdersSection,
 }
 
@@ -154,6 +243,9 @@ fn render_issues(issues: &[ConfigIssue]) -> String {
         .join("\n")
 }
 
+/// Where the cloud looks for its broker unless told otherwise (the embedded one listens here).
+pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+
 /// Every key the cloud understands; the environment name is derived from the path
 /// (`auth.access_ttl_secs` -> `DMR_AUTH_ACCESS_TTL_SECS`).
 pub const KEYS: &[&str] = &[
@@ -173,8 +265,24 @@ pub const KEYS: &[&str] = &[
     "auth.login_window_secs",
     "auth.login_lockout_secs",
     "rate_limit.per_minute",
+    "gateway.mqtt_url",
+    "gateway.heartbeat_interval_s",
+    "gateway.token_skew_s",
     "log.format",
     "log.filter",
+    "mqtt.enabled",
+    "mqtt.url",
+    "mqtt.ca_file",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.client_id",
+    "mqtt.shared_subscription",
+    "mqtt.keep_alive_secs",
+    "mqtt.batch_max",
+    "mqtt.batch_wait_ms",
+    "mqtt.workers",
+    "mqtt.queue",
+    "mqtt.inflight",
     "orders.pay_timeout_secs",
     "orders.unlock_timeout_secs",
     "orders.refund_grace_secs",
@@ -183,6 +291,32 @@ pub const KEYS: &[&str] = &[
     "orders.sandbox",
     "orders.sandbox_key",
 ];
+
+/// The environment variable that holds the master key (`keys.master_key`, environment only).
+pub const MASTER_KEY_ENV: &str = "DMR_MASTER_KEY";
+
+/// How to make a master key, for error messages.
+pub const MASTER_KEY_HELP: &str = "set DMR_MASTER_KEY to 32 random bytes in base64 \
+     (make one with `openssl rand -base64 32` or `dmr-cloud keys new-master`) and keep it \
+     outside the database backups";
+
+/// Parses a base64 (standard or url-safe, padded or not) 32-byte master key.
+pub fn parse_master_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let t = text.trim();
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let raw = engines
+        .iter()
+        .find_map(|e| e.decode(t).ok())
+        .ok_or_else(|| format!("not base64; {MASTER_KEY_HELP}"))?;
+    <[u8; 32]>::try_from(raw.as_slice())
+        .map_err(|_| format!("decodes to {} bytes, not 32; {MASTER_KEY_HELP}", raw.len()))
+}
 
 /// The environment variable for a key path.
 pub fn env_name(path: &str) -> String {
@@ -234,11 +368,25 @@ impl Config {
             }
         }
 
+        let master_key = match env.get(MASTER_KEY_ENV) {
+            None => None,
+            Some(text) => match parse_master_key(text) {
+                Ok(k) => Some(Secret::new(k)),
+                Err(message) => {
+                    issues.push(ConfigIssue {
+                        path: "keys.master_key".into(),
+                        message: format!("{message} (from environment variable {MASTER_KEY_ENV})"),
+                    });
+                    None
+                }
+            },
+        };
+
         let mut r = Reader {
             raw: &raw,
             issues: &mut issues,
         };
-        let config = Config {
+        let mut config = Config {
             server: ServerConfig {
                 listen: r.parsed("server.listen", SocketAddr::from(([127, 0, 0, 1], 8080))),
                 public_base_url: r.string("server.public_base_url", "http://127.0.0.1:8080"),
@@ -263,6 +411,12 @@ impl Config {
             rate_limit: RateLimitConfig {
                 per_minute: r.int("rate_limit.per_minute", 100, 1, 1_000_000),
             },
+            keys: KeysConfig { master_key },
+            gateway: GatewayLinkConfig {
+                mqtt_url: r.string("gateway.mqtt_url", "mqtt://127.0.0.1:1883"),
+                heartbeat_interval_s: r.int("gateway.heartbeat_interval_s", 30, 5, 3600),
+                token_skew_s: r.int("gateway.token_skew_s", 120, 0, 3600),
+            },
             log: LogConfig {
                 format: r.choice(
                     "log.format",
@@ -270,6 +424,24 @@ impl Config {
                     &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
                 ),
                 filter: r.string("log.filter", "info"),
+            },
+            mqtt: MqttConfig {
+                enabled: r.boolean("mqtt.enabled", true),
+                url: r.string("mqtt.url", DEFAULT_MQTT_URL),
+                host: String::new(),
+                port: 0,
+                tls: false,
+                ca_file: r.optional_string("mqtt.ca_file").map(PathBuf::from),
+                username: r.string("mqtt.username", "dmr-cloud"),
+                password: r.optional_string("mqtt.password").map(Secret::new),
+                client_id: r.string("mqtt.client_id", ""),
+                shared_subscription: r.boolean("mqtt.shared_subscription", true),
+                keep_alive_secs: r.int("mqtt.keep_alive_secs", 30, 5, 3600),
+                batch_max: r.int("mqtt.batch_max", 500, 1, 10_000),
+                batch_wait_ms: r.int("mqtt.batch_wait_ms", 5, 0, 1000),
+                workers: r.int("mqtt.workers", 4, 1, 64),
+                queue: r.int("mqtt.queue", 20_000, 10, 1_000_000),
+                inflight: r.int("mqtt.inflight", 1000, 1, 65_535),
             },
             orders: OrdersSection {
                 pay_timeout_secs: r.int("orders.pay_timeout_secs", 300, 1, 86_400),
@@ -299,6 +471,13 @@ impl Config {
             issues.push(ConfigIssue {
                 path: "auth.jwt_secret".into(),
                 message: "must be at least 32 characters".into(),
+            });
+        }
+        let mqtt = &config.gateway.mqtt_url;
+        if !(mqtt.starts_with("mqtt://") || mqtt.starts_with("mqtts://")) {
+            issues.push(ConfigIssue {
+                path: "gateway.mqtt_url".into(),
+                message: "must be an mqtt:// or mqtts:// URL".into(),
             });
         }
         let base = &config.server.public_base_url;
@@ -332,6 +511,43 @@ impl Config {
             });
         }
 
+        match MqttConfig::parse_url(&config.mqtt.url) {
+            Ok((tls, host, port)) => {
+                config.mqtt.tls = tls;
+                config.mqtt.host = host;
+                config.mqtt.port = port;
+            }
+            Err(message) => issues.push(ConfigIssue {
+                path: "mqtt.url".into(),
+                message: format!("{message}, e.g. mqtt://127.0.0.1:1883"),
+            }),
+        }
+        if let Some(ca) = &config.mqtt.ca_file
+            && !ca.is_file()
+        {
+            issues.push(ConfigIssue {
+                path: "mqtt.ca_file".into(),
+                message: format!("{} is not a readable file", ca.display()),
+            });
+        }
+        if config.mqtt.ca_file.is_some() && !config.mqtt.tls {
+            issues.push(ConfigIssue {
+                path: "mqtt.ca_file".into(),
+                message: "only used with an mqtts:// url; remove it or switch mqtt.url".into(),
+            });
+        }
+        if config.mqtt.username.is_empty() || config.mqtt.username.starts_with("gw:") {
+            issues.push(ConfigIssue {
+                path: "mqtt.username".into(),
+                message: "must be non-empty and must not start with gw: (gateway accounts)".into(),
+            });
+        }
+        if config.mqtt.client_id.len() > 64 || config.mqtt.client_id.contains(['+', '#', '/']) {
+            issues.push(ConfigIssue {
+                path: "mqtt.client_id".into(),
+                message: "at most 64 characters, without + # or /".into(),
+            });
+        }
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -349,7 +565,12 @@ pub fn unknown_env_keys(env: impl IntoIterator<Item = (String, String)>) -> Vec<
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("DMR_"))
         .filter(|k| !known.contains(k))
-        .filter(|k| k != "DMR_CONFIG" && k != "DMR_REQUIRE_PG" && !k.starts_with("DMR_TEST_"))
+        .filter(|k| {
+            k != "DMR_CONFIG"
+                && k != "DMR_REQUIRE_PG"
+                && k != MASTER_KEY_ENV
+                && !k.starts_with("DMR_TEST_")
+        })
         .collect();
     unknown.sort();
     unknown
@@ -370,6 +591,14 @@ fn flatten(
         };
         match v {
             toml::Value::Table(inner) => flatten(inner, &path, file, out, issues),
+            _ if path == "keys.master_key" => issues.push(ConfigIssue {
+                path,
+                message: format!(
+                    "the master key is read only from the environment ({MASTER_KEY_ENV}), \
+                     never from a file (in file {}); remove it there",
+                    file.display()
+                ),
+            }),
             _ if KEYS.contains(&path.as_str()) => {
                 out.insert(
                     path,
@@ -591,6 +820,63 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn mqtt_section_parses_and_collects_every_error() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
+            ("127.0.0.1", 1883, false)
+        );
+        assert!(c.mqtt.shared_subscription);
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_URL", "mqtts://broker.example:8884"),
+                ("DMR_MQTT_SHARED_SUBSCRIPTION", "false"),
+                ("DMR_MQTT_PASSWORD", "pw-s3cr3t"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
+            ("broker.example", 8884, true)
+        );
+        assert!(!c.mqtt.shared_subscription);
+        assert!(!format!("{c:?}").contains("pw-s3cr3t"));
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_URL", "tcp://x:1"),
+                ("DMR_MQTT_USERNAME", "gw:abc"),
+                ("DMR_MQTT_BATCH_MAX", "0"),
+                ("DMR_MQTT_ENABLED", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "mqtt.url",
+            "mqtt.username",
+            "mqtt.batch_max",
+            "mqtt.enabled",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        for bad in [
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u:p@h",
+            "mqtt://h/x",
+        ] {
+            assert!(MqttConfig::parse_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            MqttConfig::parse_url("mqtt://h").unwrap(),
+            (false, "h".into(), 1883)
+        );
     }
 
     #[test]

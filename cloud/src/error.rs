@@ -37,9 +37,16 @@ pub enum ApiError {
     LoginLocked { retry_after_secs: u64 },
     #[error("refresh token reused; all sessions of this login were revoked")]
     RefreshReuse,
-    /// A dependency (a payment provider, the gateway link) is down; try again later.
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
+    /// A dependency (the MQTT broker) is down; retrying later can succeed.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    #[error("enrollment code invalid")]
+    EnrollmentCodeInvalid,
+    #[error("gateway authentication failed ({reason}): {message}")]
+    GatewayAuth {
+        reason: &'static str,
+        message: String,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -137,11 +144,24 @@ impl ApiError {
                     .into(),
                 Value::Null,
             ),
-            Unavailable(msg) => (
+            Unavailable { code, message } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                msg.clone(),
+                code,
+                message.clone(),
                 Value::Null,
+            ),
+            EnrollmentCodeInvalid => (
+                StatusCode::FORBIDDEN,
+                "enrollment_code_invalid",
+                "the enrollment code is unknown, used, revoked or expired; ask for a new code"
+                    .into(),
+                Value::Null,
+            ),
+            GatewayAuth { reason, message } => (
+                StatusCode::UNAUTHORIZED,
+                "gateway_auth_failed",
+                message.clone(),
+                json!({ "reason": reason }),
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

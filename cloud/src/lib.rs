@@ -27,6 +27,7 @@ pub mod gateways;
 pub mod health;
 pub mod http;
 pub mod jobs;
+pub mod link;
 pub mod locks;
 pub mod merchants;
 pub mod openapi;
@@ -49,6 +50,17 @@ pub struct AppState {
     pub jwt: Arc<auth::jwt::JwtKeys>,
     pub metrics: Arc<http::metrics::Metrics>,
     pub limiter: Arc<http::ratelimit::RateLimiter>,
+    /// The cloud's signing keys (active signer, trusted list).
+    pub keys: Arc<link::keys::KeyRing>,
+    /// Verifies and applies gateway messages (MQTT bridge and HTTP drain).
+    pub ingest: Arc<link::ingest::Ingest>,
+    pub link_metrics: Arc<link::metrics::LinkMetrics>,
+    /// Turns true when the server starts shutting down, so endless responses (the live
+    /// stream) end and graceful shutdown can finish.
+    pub stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The broker connection (consumed by the bridge task, published on by commands).
+    pub mqtt: Arc<link::bridge::MqttLink>,
+    pub commands: Arc<link::commands::Commands>,
     /// Orders, payment providers and the unlock dispatcher.
     pub orders: Arc<orders::Orders>,
 }

@@ -119,6 +119,98 @@ fn page_of(item: &str) -> Value {
         "page": { "type": "integer" }, "per_page": { "type": "integer" }, "total": { "type": "integer" } } })
 }
 
+/// The gateway link: enrollment, gateway-signed requests, alarms and the live stream.
+fn link_paths(paths: &mut serde_json::Map<String, Value>) {
+    let gw_auth = |summary: &str, success: Value, body: Option<&str>| {
+        let mut o = op(summary, None, success, body);
+        o["security"] = json!([{ "gateway": [] }]);
+        o["responses"]["401"] = error_response(
+            "gateway_auth_failed; details.reason is unknown_gateway, bad_signature, stale, replayed or mismatch",
+        );
+        o["responses"]["413"] = error_response("body larger than the server accepts");
+        o
+    };
+    let mut enroll = op(
+        "Enroll a gateway with a one-time code and its public key (proof of possession in pop)",
+        None,
+        ok("EnrollResponse", "201"),
+        Some("EnrollRequest"),
+    );
+    enroll["responses"]["403"] =
+        error_response("enrollment_code_invalid: unknown, used, revoked or expired code");
+    paths.insert("/api/v1/gateway/enroll".into(), json!({ "post": enroll }));
+    paths.insert(
+        "/api/v1/gateway/events".into(),
+        json!({ "post": gw_auth(
+            "Drain signed gateway messages (at most 500); each is applied once by id",
+            ok("EventsResponse", "200"),
+            Some("EventsRequest"),
+        ) }),
+    );
+    let mut sync = gw_auth(
+        "Pull trusted keys, tokens, revocations, config and locks; the body is a JWS signed by the active cloud key",
+        json!({ "200": { "description": "compact JWS", "content": { "application/jose": { "schema": { "type": "string" } } } } }),
+        None,
+    );
+    sync["parameters"] = json!([
+        { "name": "tokens_after", "in": "query", "schema": { "type": "string" }, "description": "cursor from the last sync" },
+        { "name": "revocations_version", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+        { "name": "config_version", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+    ]);
+    paths.insert("/api/v1/gateway/sync".into(), json!({ "get": sync }));
+    let mut live = op(
+        "Server-sent events of lock, gateway, alarm and order changes in your tenant (Last-Event-ID resumes)",
+        Some("device:read"),
+        json!({ "200": { "description": "text/event-stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }),
+        None,
+    );
+    live["parameters"] =
+        json!([{ "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" } }]);
+    paths.insert("/api/v1/live".into(), json!({ "get": live }));
+    let mut alarms = op(
+        "List alarms, newest first",
+        Some("device:read"),
+        ok("AlarmPage", "200"),
+        None,
+    );
+    alarms["parameters"] = list_params(&["merchant_id", "gateway_id", "lock_id", "kind", "open"]);
+    paths.insert("/api/v1/alarms".into(), json!({ "get": alarms }));
+    paths.insert(
+        "/api/v1/alarms/{id}/ack".into(),
+        json!({ "parameters": id_param(), "post": op("Acknowledge an alarm", Some("device:write"), ok("Alarm", "200"), None) }),
+    );
+    let mut unlock = op(
+        "Open a lock now: signs a one-use, 5-minute maintenance token and sends it to the lock's gateway as cmd unlock",
+        Some("device:unlock"),
+        ok("UnlockSent", "202"),
+        None,
+    );
+    unlock["responses"]["409"] =
+        error_response("the lock is disabled or its gateway is not enrolled");
+    unlock["responses"]["503"] =
+        error_response("broker_unavailable: the cloud is not connected to the MQTT broker");
+    paths.insert(
+        "/api/v1/locks/{id}/unlock".into(),
+        json!({ "parameters": id_param(), "post": unlock }),
+    );
+    let mut commands = op(
+        "Commands sent to a gateway, newest first, with their ack state",
+        Some("device:read"),
+        ok("CommandPage", "200"),
+        None,
+    );
+    commands["parameters"] = json!([
+        { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
+        { "name": "page", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
+        { "name": "per_page", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200 } },
+        { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["sent", "acked", "expired"] } },
+    ]);
+    paths.insert(
+        "/api/v1/gateways/{id}/commands".into(),
+        json!({ "get": commands }),
+    );
+}
+
 /// Builds the document.
 pub fn spec() -> Value {
     let mut paths = serde_json::Map::new();
@@ -203,6 +295,7 @@ pub fn spec() -> Value {
     );
 
     orders_paths(&mut paths);
+    link_paths(&mut paths);
 
     let s = |t: &str| json!({ "type": t });
     let ns = json!({ "type": ["string", "null"] });
@@ -269,9 +362,41 @@ pub fn spec() -> Value {
         "EnrollmentCode": { "type": "object", "properties": {
             "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"),
             "status": { "enum": ["active", "used", "expired"] }, "expires_at": s("integer"), "used_at": ni,
-            "used_by_gateway": ns, "created_by": s("string"), "created_at": s("integer"),
+            "used_by_gateway": ns, "gateway_id": ns, "created_by": s("string"), "created_at": s("integer"),
             "code": { "type": "string", "description": "only in the create response" } } },
-        "CreateEnrollmentCode": obj(json!({ "venue_id": s("string"), "ttl_minutes": { "type": "integer", "minimum": 1, "maximum": 10080 } }), &["venue_id"]),
+        "CreateEnrollmentCode": obj(json!({ "venue_id": s("string"), "ttl_minutes": { "type": "integer", "minimum": 1, "maximum": 10080 },
+            "gateway_id": { "type": "string", "description": "re-enroll this gateway of the venue instead of creating one" } }), &["venue_id"]),
+        "TrustedKey": { "type": "object", "properties": { "key_id": s("integer"), "public_key": s("string"), "not_after_ms": ni } },
+        "EnrollRequest": obj(json!({ "code": s("string"), "public_key": { "type": "string", "description": "base64url Ed25519 public key (32 bytes)" },
+            "pop": { "type": "string", "description": "base64url Ed25519 signature over \"DMR-ENROLL/1\\0\" + normalized code + the 32 public key bytes" },
+            "name": s("string"), "agent_version": s("string") }), &["code", "public_key", "pop"]),
+        "EnrollResponse": { "type": "object", "properties": {
+            "gateway_id": s("string"), "merchant_id": s("string"), "venue_id": s("string"),
+            "trusted_keys": { "type": "array", "items": { "$ref": "#/components/schemas/TrustedKey" } },
+            "mqtt": { "type": "object", "properties": { "url": s("string"), "username": s("string"), "password": { "type": "string", "description": "shown once" } } },
+            "sync_url": s("string"),
+            "locks": { "type": "array", "items": { "type": "object", "properties": { "lock_id": s("string"), "addr": s("integer"), "name": s("string") } } },
+            "config": { "type": "object", "properties": { "version": s("integer"), "heartbeat_interval_s": s("integer"), "token_skew_s": s("integer") } } } },
+        "EventsRequest": obj(json!({ "messages": { "type": "array", "maxItems": 500, "items": { "type": "string", "description": "compact JWS, as published over MQTT" } } }), &["messages"]),
+        "UnlockSent": { "type": "object", "properties": {
+            "command_id": { "type": "string", "format": "uuid" }, "gateway_id": { "type": "string", "format": "uuid" },
+            "token_id": { "type": "string", "format": "uuid" }, "exp_ms": { "type": "integer" },
+            "status": { "type": "string", "enum": ["sent"] } } },
+        "Command": { "type": "object", "properties": {
+            "id": { "type": "string", "format": "uuid" }, "gateway_id": { "type": "string" },
+            "lock_id": { "type": ["string", "null"] }, "op": { "type": "string" }, "body": { "type": "object" },
+            "key_id": { "type": "integer" }, "exp_ms": { "type": "integer" },
+            "status": { "type": "string", "enum": ["sent", "acked", "expired"] },
+            "result": { "type": ["string", "null"], "description": "the gateway's result code (ok, used_up, lock_unreachable, ...)" },
+            "latency_ms": { "type": ["integer", "null"] }, "created_by": { "type": ["string", "null"] },
+            "created_at": { "type": "integer" }, "acked_at": { "type": ["integer", "null"] } } },
+        "CommandPage": page_of("Command"),
+        "EventsResponse": { "type": "object", "properties": { "results": { "type": "array", "items": { "type": "object", "properties": {
+            "id": ns, "status": { "enum": ["applied", "duplicate", "rejected"] }, "error": s("string") } } } } },
+        "Alarm": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "gateway_id": s("string"), "lock_id": ns, "kind": s("string"),
+            "detail": ns, "raised_at": s("integer"), "cleared_at": ni, "acked_at": ni, "acked_by": ns, "created_at": s("integer") } },
+        "AlarmPage": page_of("Alarm"),
         "EnrollmentCodePage": page_of("EnrollmentCode"),
     });
     let mut schemas = schemas;
@@ -285,7 +410,11 @@ pub fn spec() -> Value {
                   "description": "Console API of dmr-cloud. Errors are always {\"error\":{\"code\",\"message\",\"details\"}}. Times are Unix milliseconds, money is fen." },
         "paths": Value::Object(paths),
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "gateway": { "type": "apiKey", "in": "header", "name": "Authorization",
+                             "description": "DMR-Gateway <compact JWS signed by the gateway key> (docs/protocol.md §6)" },
+            },
             "schemas": schemas,
         },
     })

@@ -66,6 +66,23 @@ pub async fn create(
     let venue = venues::store::get(&state.db, &caller.scope(), &input.venue_id)
         .await?
         .ok_or_else(|| ApiError::validation("venue_id", "no such venue"))?;
+    if let Some(gw) = &input.gateway_id {
+        let g = crate::gateways::store::get(&state.db, &caller.scope(), gw)
+            .await?
+            .ok_or_else(|| ApiError::validation("gateway_id", "no such gateway"))?;
+        if g.venue_id != venue.id {
+            return Err(ApiError::validation(
+                "gateway_id",
+                "the gateway is in another venue than venue_id",
+            ));
+        }
+        if g.status == "retired" {
+            return Err(ApiError::validation(
+                "gateway_id",
+                "the gateway is retired; create a new gateway instead",
+            ));
+        }
+    }
     let now = now_ms();
     let row = CodeRow {
         id: new_id(),
@@ -74,6 +91,7 @@ pub async fn create(
         expires_at: now + ttl * 60_000,
         used_at: None,
         used_by_gateway: None,
+        gateway_id: input.gateway_id.clone(),
         created_by: caller.user_id.clone(),
         created_at: now,
     };

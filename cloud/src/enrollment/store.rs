@@ -7,8 +7,8 @@ use crate::error::ApiError;
 use crate::http::list::{Page, Paging, Sql, fetch_page};
 use crate::rbac::Scope;
 
-const COLUMNS: &str =
-    "id, merchant_id, venue_id, expires_at, used_at, used_by_gateway, created_by, created_at";
+const COLUMNS: &str = "id, merchant_id, venue_id, expires_at, used_at, used_by_gateway, gateway_id, created_by, \
+     created_at";
 
 fn scoped(sql: &mut Sql, scope: &Scope) {
     if let Some(m) = scope.merchant() {
@@ -23,7 +23,7 @@ pub fn code_hash(code: &str) -> String {
 pub async fn insert(db: &Db, row: &CodeRow, code: &str) -> Result<(), ApiError> {
     sqlx::query(
         "INSERT INTO enrollment_codes (id, merchant_id, venue_id, code_hash, expires_at, created_by, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         created_at, gateway_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(row.id.clone())
     .bind(row.merchant_id.clone())
@@ -32,6 +32,7 @@ pub async fn insert(db: &Db, row: &CodeRow, code: &str) -> Result<(), ApiError> 
     .bind(row.expires_at)
     .bind(row.created_by.clone())
     .bind(row.created_at)
+    .bind(row.gateway_id.clone())
     .execute(&db.pool)
     .await?;
     Ok(())

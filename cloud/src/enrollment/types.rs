@@ -10,6 +10,8 @@ pub struct CodeRow {
     pub expires_at: i64,
     pub used_at: Option<i64>,
     pub used_by_gateway: Option<String>,
+    /// The gateway this code (re-)enrolls; None: enrollment creates a new gateway.
+    pub gateway_id: Option<String>,
     pub created_by: String,
     pub created_at: i64,
 }
@@ -25,6 +27,7 @@ pub struct EnrollmentCode {
     pub expires_at: i64,
     pub used_at: Option<i64>,
     pub used_by_gateway: Option<String>,
+    pub gateway_id: Option<String>,
     pub created_by: String,
     pub created_at: i64,
 }
@@ -46,6 +49,7 @@ impl EnrollmentCode {
             expires_at: r.expires_at,
             used_at: r.used_at,
             used_by_gateway: r.used_by_gateway,
+            gateway_id: r.gateway_id,
             created_by: r.created_by,
             created_at: r.created_at,
         }
@@ -67,6 +71,9 @@ pub struct CreateCode {
     /// Minutes until the code expires; 60 when absent, at most 7 days.
     #[serde(default)]
     pub ttl_minutes: Option<i64>,
+    /// Re-enroll this (pending or enrolled) gateway of the venue instead of creating one.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
 }
 
 /// Codes are 10 characters from an alphabet without look-alikes, shown as `XXXXX-XXXXX`

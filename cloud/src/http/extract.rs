@@ -79,8 +79,16 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
                 }
             }
         })?;
+        RawJson::parse(&bytes)
+    }
+}
+
+impl RawJson {
+    /// Parses a body already read (gateway requests hash it first): garbage is 400, a
+    /// non-object 422.
+    pub fn parse(bytes: &[u8]) -> Result<RawJson, ApiError> {
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+            serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest {
                 code: "malformed_json",
                 message: format!("request body is not valid JSON: {e}"),
             })?;

@@ -20,6 +20,9 @@ pub enum Access {
     Infra,
     /// No login; counted by the per-client rate limit.
     Public,
+    /// A gateway: the request is signed with the gateway's key (see `link::gwauth`); the
+    /// handler's extractor checks it. No user login, no per-client rate limit.
+    Gateway,
     /// Any logged-in user.
     Authenticated,
     /// A logged-in user whose role has this permission.
@@ -65,7 +68,7 @@ impl RouteTable {
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
         let mut mr = on(filter, handler);
         mr = match access {
-            Access::Infra => mr,
+            Access::Infra | Access::Gateway => mr,
             Access::Public => {
                 mr.route_layer(from_fn_with_state(self.state.clone(), ratelimit::limit))
             }

@@ -79,6 +79,42 @@ impl UnlockDispatcher for UnlinkedDispatcher {
     }
 }
 
+/// The real link: the active cloud key from the KeyRing, `cmd unlock` through Commands
+/// (signed, recorded in `gateway_commands`, published QoS 1).
+#[derive(Debug)]
+pub struct LinkDispatcher {
+    keys: std::sync::Arc<crate::link::keys::KeyRing>,
+    commands: std::sync::Arc<crate::link::commands::Commands>,
+}
+
+impl LinkDispatcher {
+    pub fn new(
+        keys: std::sync::Arc<crate::link::keys::KeyRing>,
+        commands: std::sync::Arc<crate::link::commands::Commands>,
+    ) -> LinkDispatcher {
+        LinkDispatcher { keys, commands }
+    }
+}
+
+impl UnlockDispatcher for LinkDispatcher {
+    fn sign(&self, claims: TokenClaims) -> DispatchFut<'_, UnlockToken> {
+        Box::pin(async move {
+            let signer = self.keys.signer().await?;
+            signer
+                .sign_token(claims)
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("signing an unlock token: {e}")))
+        })
+    }
+
+    fn send(&self, gw: Uuid, token: String, ttl: Duration) -> DispatchFut<'_, Uuid> {
+        Box::pin(async move {
+            self.commands
+                .send(gw, dmr_protocol::message::Command::Unlock { token }, ttl)
+                .await
+        })
+    }
+}
+
 fn parse_uuid(s: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(s).map_err(|e| ApiError::internal(anyhow::anyhow!("stored id {s}: {e}")))
 }

@@ -74,7 +74,8 @@ pub fn shanghai_day_start(day: &str) -> Option<i64> {
     let y: i64 = parts.next()?.parse().ok()?;
     let m: i64 = parts.next()?.parse().ok()?;
     let d: i64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || day.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if parts.next().is_some() || day.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&d)
+    {
         return None;
     }
     let start = days_from_civil(y, m, d) * DAY_MS - SHANGHAI_OFFSET_MS;

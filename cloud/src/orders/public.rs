@@ -254,9 +254,15 @@ async fn payment_step(
     .bind(o.id.clone())
     .fetch_one(&state.db.pool)
     .await?;
-    let provider = state.orders.providers.get(&o.provider).ok_or_else(|| {
-        ApiError::Unavailable(format!("payment provider {} is not configured", o.provider))
-    })?;
+    let provider =
+        state
+            .orders
+            .providers
+            .get(&o.provider)
+            .ok_or_else(|| ApiError::Unavailable {
+                code: "payment_unavailable",
+                message: format!("payment provider {} is not configured", o.provider),
+            })?;
     let req = CreatePayment {
         payment_id,
         out_trade_no,
@@ -268,9 +274,10 @@ async fn payment_step(
     };
     provider.create_payment(&req).await.map_err(|e| {
         tracing::warn!(error = %e, order_id = o.id, "creating the payment failed");
-        ApiError::Unavailable(format!(
-            "the payment provider is unavailable: {e}; try again"
-        ))
+        ApiError::Unavailable {
+            code: "payment_unavailable",
+            message: format!("the payment provider is unavailable: {e}; try again"),
+        }
     })
 }
 

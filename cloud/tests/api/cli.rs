@@ -182,6 +182,7 @@ fn serve_starts_answers_and_stops_on_sigterm() {
     let db_file = dir.path().join("fresh.db");
     let mut child = clean_env(&mut Command::new(BIN))
         .arg("serve")
+        .env("DMR_MASTER_KEY", crate::common::TEST_MASTER_KEY)
         .env(
             "DMR_DATABASE_URL",
             format!("sqlite://{}", db_file.display()),

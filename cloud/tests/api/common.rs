@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub const PASSWORD: &str = "correct horse battery";
+/// The master key every test app uses (32 bytes of 0x01, base64).
+pub const TEST_MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 
 /// Which database a test run uses.
 #[derive(Clone, Debug)]
@@ -79,6 +81,7 @@ pub fn test_config(url: &str) -> Config {
         ("DMR_DATABASE_URL".to_string(), url.to_string()),
         ("DMR_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
+        ("DMR_MASTER_KEY".to_string(), TEST_MASTER_KEY.to_string()),
     ];
     Config::load_from(None, env).unwrap()
 }
@@ -254,6 +257,8 @@ pub struct Tenant {
     /// Filled by `orders::support::seed_money` for the tests that need them.
     pub order_id: String,
     pub settlement_id: String,
+    /// An alarm raised on the tenant's lock (inserted directly: alarms come from gateways).
+    pub alarm_id: String,
 }
 
 #[derive(Clone, Debug)]
@@ -328,7 +333,20 @@ pub async fn seed_tenant(app: &TestApp, admin: &str, tag: &str) -> Tenant {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{c}");
     let code_id = c["id"].as_str().unwrap().to_string();
+    let alarm_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO alarms (id, merchant_id, gateway_id, lock_id, kind, raised_at, created_at) \
+         VALUES ($1, $2, $3, $4, 'tamper', 1, 1)",
+    )
+    .bind(alarm_id.clone())
+    .bind(merchant_id.clone())
+    .bind(gateway_id.clone())
+    .bind(lock_id.clone())
+    .execute(&app.state.db.pool)
+    .await
+    .unwrap();
     Tenant {
+        alarm_id,
         merchant_id,
         owner,
         staff,

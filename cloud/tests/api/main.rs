@@ -7,6 +7,8 @@ mod cli;
 mod common;
 mod errors;
 mod leases;
+mod link;
+mod link_support;
 mod openapi;
 mod orders;
 mod rbac;

@@ -29,6 +29,7 @@ mod scenarios {
             "enrollment-codes" => &t.code_id,
             "orders" => &t.order_id,
             "settlements" => &t.settlement_id,
+            "alarms" => &t.alarm_id,
             other => panic!("the matrix test does not know {other}: add it"),
         }
     }
@@ -47,7 +48,46 @@ mod scenarios {
             let has_id = route.path.contains("{id}");
             let body =
                 (route.method == Method::POST || route.method == Method::PATCH).then(|| json!({}));
+            if route.path == "/api/v1/live" {
+                // An endless stream: check the status only, never read the body.
+                for (role, token) in &callers {
+                    let resp = app
+                        .client
+                        .get(app.url_of(route.path))
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .unwrap();
+                    let expected = if role.has(dmr_cloud::rbac::Permission::DeviceRead) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::FORBIDDEN
+                    };
+                    assert_eq!(resp.status(), expected, "{role:?} GET /api/v1/live");
+                    checked += 1;
+                }
+                let (s, _) = app.call(Method::GET, route.path, None, None).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED);
+                continue;
+            }
             match route.access {
+                Access::Gateway => {
+                    // Signed by a gateway key or nothing: a user's token is not enough.
+                    for token in [None, Some(w.admin.as_str())] {
+                        let (s, b) = app
+                            .call(route.method.clone(), route.path, token, body.clone())
+                            .await;
+                        assert_eq!(
+                            s,
+                            StatusCode::UNAUTHORIZED,
+                            "{} {}",
+                            route.method,
+                            route.path
+                        );
+                        assert_eq!(error_code(&b), "gateway_auth_failed");
+                        checked += 1;
+                    }
+                }
                 Access::Infra | Access::Public => {
                     let (s, _) = app
                         .call(route.method.clone(), route.path, None, body.clone())
