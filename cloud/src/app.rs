@@ -20,8 +20,8 @@ use crate::http::ratelimit::RateLimiter;
 use crate::http::routes::{Access, RouteSpec, RouteTable};
 use crate::rbac::Permission as P;
 use crate::{
-    AppState, auth, broker, enrollment, gateways, health, link, locks, merchants, openapi, users,
-    venues,
+    AppState, auth, broker, enrollment, gateways, health, link, locks, merchants, openapi, orders,
+    payments, users, venues,
 };
 
 /// Every route the service serves, with who may call it.
@@ -252,13 +252,13 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             enrollment::handlers::list,
         )
         .add(
-            post,
+            post.clone(),
             "/api/v1/enrollment-codes",
             Perm(P::DeviceWrite),
             enrollment::handlers::create,
         )
         .add(
-            get,
+            get.clone(),
             "/api/v1/enrollment-codes/{id}",
             Perm(P::DeviceRead),
             enrollment::handlers::get,
@@ -268,6 +268,112 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             "/api/v1/enrollment-codes/{id}",
             Perm(P::DeviceWrite),
             enrollment::handlers::delete,
+        )
+        // Phone pages (no login, rate limited)
+        .add(
+            get.clone(),
+            "/api/v1/public/locks/{qr_code}",
+            Public,
+            orders::public::lock,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/public/orders",
+            Public,
+            orders::public::create,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/orders/{id}",
+            Public,
+            orders::public::get,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/orders/{id}/events",
+            Public,
+            orders::public::events,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/orders/{id}/offline-token",
+            Public,
+            orders::public::offline_token,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/my/orders",
+            Public,
+            orders::public::my_orders,
+        )
+        // Payment providers: authenticated by their signatures, not rate limited per
+        // client (a provider's retries come from few addresses).
+        .add(
+            post.clone(),
+            "/api/v1/payments/notify/{provider}",
+            Infra,
+            payments::notify::handler,
+        )
+        .add(
+            get.clone(),
+            "/pay/sandbox/{payment_id}",
+            Public,
+            payments::sandbox::page,
+        )
+        .add(
+            post.clone(),
+            "/pay/sandbox/{payment_id}",
+            Public,
+            payments::sandbox::confirm,
+        )
+        // Orders and money (console)
+        .add(
+            get.clone(),
+            "/api/v1/orders",
+            Perm(P::OrderRead),
+            orders::handlers::list,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/orders.csv",
+            Perm(P::OrderRead),
+            orders::handlers::csv,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/orders/{id}",
+            Perm(P::OrderRead),
+            orders::handlers::get,
+        )
+        .add(
+            post,
+            "/api/v1/orders/{id}/refund",
+            Perm(P::OrderRefund),
+            orders::handlers::refund,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/settlements",
+            Perm(P::SettlementRead),
+            orders::handlers::settlements,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/settlements/{id}/csv",
+            Perm(P::SettlementRead),
+            orders::handlers::settlement_csv,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/reconciliation/reports",
+            Perm(P::SettlementRead),
+            orders::handlers::reports,
+        )
+        .add(
+            get,
+            "/api/v1/dashboard/summary",
+            Perm(P::OrderRead),
+            orders::handlers::summary,
         )
         // The gateway link: enrollment (public, rate limited) and gateway-signed requests.
         .add(
@@ -365,7 +471,9 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         keys.clone(),
         mqtt.clone(),
     ));
+    let orders = Arc::new(build_orders(&db, &config, keys.clone(), commands.clone()).await?);
     let state = AppState {
+        orders,
         mqtt,
         commands,
         stop: Arc::new(tokio::sync::watch::channel(false).0),
@@ -391,6 +499,59 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
         routes,
         state,
     })
+}
+
+/// The orders service: timing from the config, the sandbox provider (its key from the
+/// config or generated once and kept in the database, so every instance verifies the
+/// same signatures), and the gateway link as the unlock dispatcher.
+async fn build_orders(
+    db: &Db,
+    config: &Config,
+    keys: Arc<crate::link::keys::KeyRing>,
+    commands: Arc<crate::link::commands::Commands>,
+) -> anyhow::Result<orders::Orders> {
+    let o = &config.orders;
+    let secs = |s: u64| {
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    };
+    let oc = orders::OrdersConfig {
+        pay_timeout_ms: secs(o.pay_timeout_secs),
+        unlock_timeout_ms: secs(o.unlock_timeout_secs),
+        refund_grace_ms: secs(o.refund_grace_secs),
+        job_interval_ms: i64::try_from(o.job_interval_ms).unwrap_or(1000),
+        providers: Vec::new(),
+    };
+    orders::events::set_refund_grace_ms(oc.refund_grace_ms);
+    let mut providers = payments::Providers::default();
+    let mut sandbox = None;
+    if o.sandbox {
+        let key = match &o.sandbox_key {
+            Some(k) => k.expose().clone(),
+            None => {
+                db.shared_secret("sandbox_pay_hmac", auth::store::new_refresh_secret)
+                    .await?
+            }
+        };
+        let sb = Arc::new(payments::sandbox::Sandbox::new(
+            key.into_bytes(),
+            &config.server.public_base_url,
+        ));
+        providers.add(sb.clone());
+        sandbox = Some(sb);
+    }
+    let access = db
+        .shared_secret("order_access_hmac", auth::store::new_refresh_secret)
+        .await?;
+    let dispatcher = Arc::new(orders::dispatch::LinkDispatcher::new(keys, commands));
+    Ok(orders::Orders::new(
+        oc,
+        providers,
+        sandbox,
+        dispatcher,
+        access.into_bytes(),
+    ))
 }
 
 /// Serves until `shutdown` resolves, then lets requests in flight finish.
@@ -436,6 +597,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::time::Duration::from_secs(600),
         stop_rx.clone(),
     ));
+    let order_jobs = app.state.config.orders.jobs.then(|| {
+        tokio::spawn(crate::orders::jobs::run(
+            app.state.clone(),
+            format!("{}:{}", hostname(), std::process::id()),
+            std::time::Duration::from_millis(app.state.config.orders.job_interval_ms),
+            stop_rx.clone(),
+        ))
+    });
     let prune = tokio::spawn(crate::link::gwauth::run_prune(
         app.state.clone(),
         format!("{}:{}", hostname(), std::process::id()),
@@ -470,6 +639,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Ok(())) => tracing::info!("cleanup job stopped"),
         Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),
         Err(_) => tracing::warn!("cleanup job did not stop within 10 s"),
+    }
+    if let Some(jobs) = order_jobs
+        && tokio::time::timeout(std::time::Duration::from_secs(10), jobs)
+            .await
+            .is_err()
+    {
+        tracing::warn!("order jobs did not stop within 10 s");
     }
     for (name, task) in [("MQTT bridge", bridge), ("liveness job", liveness)] {
         let Some(task) = task else { continue };

@@ -200,6 +200,22 @@ pub struct Config {
     pub gateway: GatewayLinkConfig,
     pub mqtt: MqttConfig,
     pub log: LogConfig,
+    pub orders: OrdersSection,
+}
+
+/// Order timing and payment providers (`[orders]`).
+#[derive(Clone, Debug)]
+pub struct OrdersSection {
+    pub pay_timeout_secs: u64,
+    pub unlock_timeout_secs: u64,
+    pub refund_grace_secs: u64,
+    pub job_interval_ms: u64,
+    /// Run the order jobs (expiry, timeouts, refunds, settlement) in `serve`.
+    pub jobs: bool,
+    /// HMAC key of the sandbox provider's notifications; generated and kept in the
+    /// database when unset. The sandbox is only offered when `sandbox` is true.
+    pub sandbox: bool,
+    pub sandbox_key: Option<Secret<String>>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -289,6 +305,13 @@ pub const KEYS: &[&str] = &[
     "mqtt.workers",
     "mqtt.queue",
     "mqtt.inflight",
+    "orders.pay_timeout_secs",
+    "orders.unlock_timeout_secs",
+    "orders.refund_grace_secs",
+    "orders.job_interval_ms",
+    "orders.jobs",
+    "orders.sandbox",
+    "orders.sandbox_key",
 ];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
@@ -456,6 +479,15 @@ impl Config {
                         16 << 20,
                     ),
                 },
+            },
+            orders: OrdersSection {
+                pay_timeout_secs: r.int("orders.pay_timeout_secs", 300, 1, 86_400),
+                unlock_timeout_secs: r.int("orders.unlock_timeout_secs", 30, 1, 3600),
+                refund_grace_secs: r.int("orders.refund_grace_secs", 120, 0, 86_400),
+                job_interval_ms: r.int("orders.job_interval_ms", 1000, 10, 600_000),
+                jobs: r.boolean("orders.jobs", true),
+                sandbox: r.boolean("orders.sandbox", true),
+                sandbox_key: r.optional_string("orders.sandbox_key").map(Secret::new),
             },
         };
 

@@ -8,7 +8,7 @@
 //! pool and applies the embedded migrations; [`app`] builds the router from the route
 //! table in [`http::routes`], where each route names the permission ([`rbac`]) it needs and
 //! the guard in [`http::guard`] enforces it. Each feature folder (`auth`, `merchants`,
-//! `venues`, `gateways`, `locks`, `users`, `enrollment`) has the same shape: `types` (rows,
+//! `venues`, `gateways`, `locks`, `users`, `enrollment`, `orders`) has the same shape: `types` (rows,
 //! bodies, validation), `store` (its SQL, tenant-scoped), `handlers`. Every handler returns
 //! [`error::ApiError`], the one mapping to status codes and the JSON error body. [`jobs`] runs
 //! periodic work under database leases. [`broker`] holds the MQTT credentials
@@ -33,6 +33,8 @@ pub mod link;
 pub mod locks;
 pub mod merchants;
 pub mod openapi;
+pub mod orders;
+pub mod payments;
 pub mod rbac;
 pub mod users;
 pub mod venues;
@@ -63,4 +65,6 @@ pub struct AppState {
     pub commands: Arc<link::commands::Commands>,
     /// MQTT credentials, the EMQX hook secret and the embedded broker's counters.
     pub broker: Arc<broker::BrokerState>,
+    /// Orders, payment providers and the unlock dispatcher.
+    pub orders: Arc<orders::Orders>,
 }

@@ -322,6 +322,7 @@ pub fn spec() -> Value {
         false,
     );
 
+    orders_paths(&mut paths);
     link_paths(&mut paths);
 
     let s = |t: &str| json!({ "type": t });
@@ -435,6 +436,10 @@ pub fn spec() -> Value {
             "action": { "enum": ["publish", "subscribe"] } }, "required": ["topic", "action"] },
         "BrokerAclResult": { "type": "object", "properties": { "result": { "enum": ["allow", "deny"] } }, "required": ["result"] },
     });
+    let mut schemas = schemas;
+    if let (Some(all), Value::Object(more)) = (schemas.as_object_mut(), orders_schemas()) {
+        all.extend(more);
+    }
 
     json!({
         "openapi": "3.1.0",
@@ -450,6 +455,219 @@ pub fn spec() -> Value {
             },
             "schemas": schemas,
         },
+    })
+}
+
+fn query_params(names: &[&str]) -> Value {
+    Value::Array(
+        names
+            .iter()
+            .map(|n| json!({ "name": n, "in": "query", "schema": { "type": "string" } }))
+            .collect(),
+    )
+}
+
+/// Orders, payments and money (see `crate::orders`).
+fn orders_paths(paths: &mut serde_json::Map<String, Value>) {
+    let public =
+        |summary: &str, schema: &str, status: &str| op(summary, None, ok(schema, status), None);
+    let key = query_params(&["key"]);
+    paths.insert("/api/v1/public/locks/{qr_code}".into(), json!({
+        "parameters": [{ "name": "qr_code", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "get": public("A lock by its QR code: venue, state, price plans (no login)", "PublicLock", "200") }));
+    let mut create = op(
+        "Place an order (no login). Headers: Idempotency-Key (a double tap makes one order; the replay answers 200), X-Device-Session (groups my orders). The amount comes from the plan.",
+        None,
+        ok("CreatedOrder", "201"),
+        Some("CreatePublicOrder"),
+    );
+    create["parameters"] = json!([
+        { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "minLength": 8, "maxLength": 128 } },
+        { "name": "X-Device-Session", "in": "header", "schema": { "type": "string", "minLength": 8, "maxLength": 128 } }]);
+    create["responses"]["409"] = error_response(
+        "the lock is in use by another order, or the key was used for another order",
+    );
+    create["responses"]["503"] = error_response("the payment provider is unavailable");
+    paths.insert("/api/v1/public/orders".into(), json!({ "post": create }));
+    let mut get = public(
+        "An order (access key required; a wrong key is 404)",
+        "PublicOrder",
+        "200",
+    );
+    get["parameters"] = key.clone();
+    paths.insert(
+        "/api/v1/public/orders/{id}".into(),
+        json!({ "parameters": id_param(), "get": get }),
+    );
+    let mut ev = op(
+        "The order as server-sent events (`event: order`, data PublicOrder) until a final status",
+        None,
+        json!({ "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } } }),
+        None,
+    );
+    ev["parameters"] = key.clone();
+    paths.insert(
+        "/api/v1/public/orders/{id}/events".into(),
+        json!({ "parameters": id_param(), "get": ev }),
+    );
+    let mut tok = public(
+        "The signed unlock token to show as a QR code when the gateway is offline",
+        "OfflineToken",
+        "200",
+    );
+    tok["parameters"] = key;
+    tok["responses"]["409"] = error_response("no token in this state");
+    paths.insert(
+        "/api/v1/public/orders/{id}/offline-token".into(),
+        json!({ "parameters": id_param(), "get": tok }),
+    );
+    let mut mine = public(
+        "The latest 50 orders of this X-Device-Session, with their access keys",
+        "MyOrders",
+        "200",
+    );
+    mine["parameters"] = json!([{ "name": "X-Device-Session", "in": "header", "required": true, "schema": { "type": "string" } }]);
+    paths.insert("/api/v1/public/my/orders".into(), json!({ "get": mine }));
+    paths.insert("/api/v1/payments/notify/{provider}".into(), json!({
+        "parameters": [{ "name": "provider", "in": "path", "required": true, "schema": { "enum": ["sandbox", "wechatpay"] } }],
+        "post": { "summary": "Payment provider notification: verified on the raw body, applied once, answered 204 only after it is durably applied",
+            "requestBody": { "content": { "application/json": {} } },
+            "responses": { "204": { "description": "applied (or already applied)" },
+                "400": error_response("refused: bad signature, stale timestamp, missing headers, signature probe, amount/merchant/app mismatch; nothing changed"),
+                "404": error_response("no such provider"), "413": error_response("body too large") } } }));
+    let html = json!({ "200": { "description": "HTML page (zh-CN)", "content": { "text/html": {} } }, "404": error_response("no such sandbox payment") });
+    paths.insert("/pay/sandbox/{payment_id}".into(), json!({
+        "parameters": [{ "name": "payment_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }],
+        "get": { "summary": "Sandbox payment page (plays the payer)", "responses": html.clone() },
+        "post": { "summary": "Sandbox: pay, and notify (query: duplicates=N, delay_ms=N, fail=bad_signature|drop|crash)",
+            "parameters": query_params(&["duplicates", "delay_ms", "fail"]), "responses": html } }));
+    let mut list = op(
+        "List orders",
+        Some("order:read"),
+        ok("OrderPage", "200"),
+        None,
+    );
+    list["parameters"] = list_params(&[
+        "q",
+        "status",
+        "merchant_id",
+        "venue_id",
+        "lock_id",
+        "from",
+        "to",
+    ]);
+    paths.insert("/api/v1/orders".into(), json!({ "get": list }));
+    let mut csv = op(
+        "Orders as CSV (same filters, at most 10 000 rows)",
+        Some("order:read"),
+        json!({ "200": { "description": "CSV", "content": { "text/csv": {} } } }),
+        None,
+    );
+    csv["parameters"] = query_params(&[
+        "q",
+        "status",
+        "merchant_id",
+        "venue_id",
+        "lock_id",
+        "from",
+        "to",
+        "sort",
+    ]);
+    paths.insert("/api/v1/orders.csv".into(), json!({ "get": csv }));
+    paths.insert("/api/v1/orders/{id}".into(), json!({ "parameters": id_param(),
+        "get": op("An order with its transitions, payments, refunds and unlock evidence", Some("order:read"), ok("OrderDetail", "200"), None) }));
+    let mut refund = op(
+        "Refund (all that is left unless amount_fen is given); reason required",
+        Some("order:refund"),
+        ok("OrderDetail", "200"),
+        Some("RefundRequest"),
+    );
+    refund["responses"]["409"] = error_response("nothing paid, or already fully refunded");
+    paths.insert(
+        "/api/v1/orders/{id}/refund".into(),
+        json!({ "parameters": id_param(), "post": refund }),
+    );
+    let mut st = op(
+        "Daily settlement statements (Asia/Shanghai days)",
+        Some("settlement:read"),
+        ok("SettlementPage", "200"),
+        None,
+    );
+    st["parameters"] = query_params(&["page", "per_page", "merchant_id", "from", "to"]);
+    paths.insert("/api/v1/settlements".into(), json!({ "get": st }));
+    paths.insert(
+        "/api/v1/settlements/{id}/csv".into(),
+        json!({ "parameters": id_param(),
+        "get": op("A statement as CSV (totals, then one line per order)", Some("settlement:read"),
+            json!({ "200": { "description": "CSV", "content": { "text/csv": {} } } }), None) }),
+    );
+    let mut rep = op(
+        "Reconciliation reports (provider bill × payments × unlock events)",
+        Some("settlement:read"),
+        ok("ReportPage", "200"),
+        None,
+    );
+    rep["parameters"] = query_params(&["page", "per_page", "merchant_id", "from", "to"]);
+    paths.insert(
+        "/api/v1/reconciliation/reports".into(),
+        json!({ "get": rep }),
+    );
+    paths.insert("/api/v1/dashboard/summary".into(), json!({
+        "get": op("Today's revenue and orders, and the last 7 days' revenue (Asia/Shanghai days)", Some("order:read"), ok("DashboardSummary", "200"), None) }));
+}
+
+fn orders_schemas() -> Value {
+    let s = |t: &str| json!({ "type": t });
+    let ns = json!({ "type": ["string", "null"] });
+    let ni = json!({ "type": ["integer", "null"] });
+    let status = json!({ "enum": ["created", "paid", "unlocking", "unlocked", "completed", "expired", "unlock_failed", "refunding", "refunded", "cancelled"] });
+    let public_order = json!({ "type": "object", "properties": {
+        "id": s("string"), "lock_name": s("string"), "venue_name": s("string"), "plan_name": s("string"),
+        "duration_minutes": s("integer"), "amount_fen": s("integer"), "refunded_fen": s("integer"), "status": status,
+        "created_at": s("integer"), "pay_deadline_at": s("integer"), "paid_at": ni, "unlocked_at": ni, "ends_at": ni, "updated_at": s("integer") } });
+    json!({
+        "PublicLock": { "type": "object", "properties": {
+            "qr_code": s("string"), "name": s("string"),
+            "venue": { "type": "object", "properties": { "name": s("string"), "address": s("string") } },
+            "status": s("string"), "available": s("boolean"),
+            "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlan" } },
+            "providers": { "type": "array", "items": s("string") } } },
+        "CreatePublicOrder": obj(json!({ "qr_code": s("string"), "plan_id": s("string"),
+            "provider": { "enum": ["sandbox", "wechat"] }, "openid": s("string") }), &["qr_code", "plan_id"]),
+        "PublicOrder": public_order,
+        "CreatedOrder": { "type": "object", "properties": {
+            "order": { "$ref": "#/components/schemas/PublicOrder" }, "access_key": s("string"),
+            "payment": { "type": "object", "properties": { "provider": s("string"), "redirect_url": s("string"),
+                "jsapi": { "type": "object", "additionalProperties": s("string") } } } } },
+        "OfflineToken": { "type": "object", "properties": { "token": s("string"), "expires_at": s("integer") } },
+        "MyOrders": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/PublicOrder" } } } },
+        "Order": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"), "lock_id": s("string"),
+            "gateway_id": s("string"), "plan_id": s("string"), "plan_name": s("string"), "duration_minutes": s("integer"),
+            "amount_fen": s("integer"), "refunded_fen": s("integer"), "status": status, "provider": s("string"),
+            "pay_deadline_at": s("integer"), "unlock_deadline_at": ni, "token_id": ns, "token_not_after": ni,
+            "unlock_command_id": ns, "door_opened_at": ni, "review_reason": ns, "created_at": s("integer"),
+            "paid_at": ni, "unlocking_at": ni, "unlocked_at": ni, "completed_at": ni, "ended_at": ni, "updated_at": s("integer") } },
+        "OrderPage": page_of("Order"),
+        "OrderDetail": { "allOf": [{ "$ref": "#/components/schemas/Order" }, { "type": "object", "properties": {
+            "transitions": { "type": "array", "items": { "type": "object" } },
+            "payments": { "type": "array", "items": { "type": "object" } },
+            "refunds": { "type": "array", "items": { "type": "object" } },
+            "unlock_events": { "type": "array", "items": { "type": "object" } } } }] },
+        "RefundRequest": obj(json!({ "reason": { "type": "string", "minLength": 1, "maxLength": 200 },
+            "amount_fen": { "type": "integer", "minimum": 1 } }), &["reason"]),
+        "Settlement": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": s("string"), "day": s("string"), "commission_bp": s("integer"),
+            "orders_count": s("integer"), "gross_fen": s("integer"), "refunds_fen": s("integer"),
+            "commission_fen": s("integer"), "net_fen": s("integer"), "status": { "enum": ["issued"] }, "created_at": s("integer") } },
+        "SettlementPage": page_of("Settlement"),
+        "Report": { "type": "object", "properties": {
+            "id": s("string"), "merchant_id": ns, "provider": s("string"), "day": s("string"),
+            "items_count": s("integer"), "summary": s("string"), "created_at": s("integer") } },
+        "ReportPage": page_of("Report"),
+        "DashboardSummary": { "type": "object", "properties": {
+            "today_revenue_fen": s("integer"), "today_orders": s("integer"),
+            "revenue_by_day": { "type": "array", "items": { "type": "object", "properties": { "day": s("string"), "revenue_fen": s("integer") } } } } },
     })
 }
 

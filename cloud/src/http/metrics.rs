@@ -28,6 +28,8 @@ struct Histogram {
 struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<(String, String), Histogram>,
+    /// Plain event counters (`dmr_<name>`), e.g. payment notifications by outcome.
+    events: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -55,9 +57,18 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// Adds one to the event counter `name` (a static name, so the series stay bounded).
+    pub fn count(&self, name: &'static str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *inner.events.entry(name).or_default() += 1;
+    }
+
     pub fn render(&self) -> String {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        for (name, n) in &inner.events {
+            let _ = writeln!(out, "# TYPE dmr_{name} counter\ndmr_{name} {n}");
+        }
         out.push_str("# HELP dmr_http_requests_total HTTP requests by method, route and status.\n");
         out.push_str("# TYPE dmr_http_requests_total counter\n");
         for ((m, r, s), n) in &inner.requests {

@@ -392,7 +392,10 @@ async fn apply(
         Message::State(s) => apply_state(conn, ctx, env.ts, *s).await,
         Message::Event(ev) => apply_event(conn, ctx, env, ev, received_at).await,
         Message::Ack(ack) => {
-            crate::link::commands::on_ack(conn, ctx.gateway_id, ack, ms(env.ts)).await
+            crate::link::commands::on_ack(conn, ctx.gateway_id, ack, ms(env.ts)).await?;
+            // An order's `cmd unlock` answered: the order moves on (or fails over).
+            crate::orders::on_command_result(conn, ctx.gateway_id, ack.cmd, ack.result, ms(env.ts))
+                .await
         }
         // verify_one refuses commands before they get here.
         Message::Cmd(_) => Ok(()),
@@ -756,14 +759,14 @@ async fn apply_alarm(
 }
 
 /// The one place an applied gateway event reaches other features, inside the ingest
-/// transaction. Orders hook in here (`crate::orders::on_gateway_event(conn, ...)` for
-/// `unlock` events: the accepted/ok outcome of an order's token); nothing else consumes
-/// events yet, and the event itself is already stored in `gateway_events`.
+/// transaction. Orders take `unlock` events (the outcome of an order's token) and `door`
+/// events (opened then closed completes an order); the event itself is already stored in
+/// `gateway_events`.
 async fn on_applied_event(
-    _conn: &mut AnyConnection,
-    _ctx: &GatewayCtx,
-    _env: &Envelope,
-    _event: &Event,
+    conn: &mut AnyConnection,
+    ctx: &GatewayCtx,
+    env: &Envelope,
+    event: &Event,
 ) -> Result<(), ApiError> {
-    Ok(())
+    crate::orders::on_gateway_event(conn, ctx.gateway_id, env.id, event, ms(env.ts)).await
 }

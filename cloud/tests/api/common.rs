@@ -259,6 +259,9 @@ pub struct Tenant {
     pub gateway_id: String,
     pub lock_id: String,
     pub code_id: String,
+    /// Filled by `orders::support::seed_money` for the tests that need them.
+    pub order_id: String,
+    pub settlement_id: String,
     /// An alarm raised on the tenant's lock (inserted directly: alarms come from gateways).
     pub alarm_id: String,
 }
@@ -358,6 +361,8 @@ pub async fn seed_tenant(app: &TestApp, admin: &str, tag: &str) -> Tenant {
         gateway_id,
         lock_id,
         code_id,
+        order_id: String::new(),
+        settlement_id: String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ mod leases;
 mod link;
 mod link_support;
 mod openapi;
+mod orders;
 mod rbac;
 mod resources;
 mod web;

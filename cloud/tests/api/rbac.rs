@@ -27,6 +27,8 @@ mod scenarios {
             "locks" => &t.lock_id,
             "users" => &t.staff_user_id,
             "enrollment-codes" => &t.code_id,
+            "orders" => &t.order_id,
+            "settlements" => &t.settlement_id,
             "alarms" => &t.alarm_id,
             other => panic!("the matrix test does not know {other}: add it"),
         }
@@ -34,7 +36,7 @@ mod scenarios {
 
     pub async fn role_route_matrix(kind: &DbKind) {
         let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
+        let w = crate::orders::support::seed_money(&app, seed_world(&app).await).await;
         let callers = [
             (Role::PlatformAdmin, w.admin.clone()),
             (Role::MerchantOwner, w.a.owner.clone()),
@@ -195,7 +197,11 @@ mod scenarios {
                         } else if route.method == Method::GET {
                             let (s, b) = app.call(Method::GET, &own, Some(token), None).await;
                             assert_eq!(s, StatusCode::OK, "{what}: {b}");
-                            let items = b["items"].as_array().unwrap();
+                            // Summaries and CSV exports are not pages.
+                            let Some(items) = b["items"].as_array() else {
+                                checked += 1;
+                                continue;
+                            };
                             assert!(!items.is_empty(), "{what}: the seeded object is listed");
                             if *role != Role::PlatformAdmin {
                                 for item in items {

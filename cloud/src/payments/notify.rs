@@ -1,0 +1,317 @@
+//! `POST /api/v1/payments/notify/{provider}`: provider notifications.
+//!
+//! Order of work, each step a reason to answer non-2xx with nothing changed: the provider
+//! verifies the raw body and headers (signature, timestamp, decryption) before anything is
+//! parsed; a verified notification whose amount, merchant id or app id differs from our
+//! payment is refused (4xx) and alerted; otherwise its effect and a row keyed by the
+//! provider's notification id commit in ONE transaction. Only after that commit is it
+//! answered 2xx, so a crash before the answer makes the provider redeliver, and the
+//! redelivery finds the notification row and changes nothing (but is answered 2xx).
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use sqlx::Acquire as _;
+
+use super::{NotifyError, ProviderNotification};
+use crate::AppState;
+use crate::db::{new_id, now_ms};
+use crate::error::ApiError;
+use crate::orders::{self, Actor, Also, Status, money, refunds};
+
+/// What a delivery did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// First delivery; the effect is committed.
+    Applied,
+    /// Seen before; nothing changed.
+    Duplicate,
+}
+
+/// A payment row.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub id: String,
+    pub order_id: String,
+    pub merchant_id: String,
+    pub provider: String,
+    pub out_trade_no: String,
+    pub amount_fen: i64,
+    pub status: String,
+    pub provider_txn_id: Option<String>,
+    pub created_at: i64,
+    pub paid_at: Option<i64>,
+}
+
+pub const PAYMENT_COLUMNS: &str = "id, order_id, merchant_id, provider, out_trade_no, amount_fen, \
+                                   status, provider_txn_id, created_at, paid_at";
+
+pub async fn handler(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(provider) = path.map_err(|_| ApiError::NotFound)?;
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest {
+                code: "unreadable_body",
+                message: "the request body could not be read".into(),
+            }
+        }
+    })?;
+    handle(&state, &provider, &headers, &body).await?;
+    // WeChat Pay v3 takes 200/204 without a body as success.
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn refused(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        code: "notification_refused",
+        message: message.into(),
+    }
+}
+
+/// Verifies and applies one delivery. `Ok` means it is durably applied (or was already).
+pub async fn handle(
+    state: &AppState,
+    provider_name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Applied, ApiError> {
+    let provider = state
+        .orders
+        .providers
+        .get(provider_name)
+        .ok_or(ApiError::NotFound)?;
+    let notification = match provider.parse_notification(headers, body, now_ms()) {
+        Ok(n) => n,
+        Err(NotifyError::Authentication(why)) => {
+            state.metrics.count("payment_notifications_refused_total");
+            tracing::warn!(provider = provider_name, why, "notification refused");
+            return Err(ApiError::BadRequest {
+                code: "notification_unauthenticated",
+                message: format!("notification refused: {why}"),
+            });
+        }
+        Err(NotifyError::SignatureProbe) => {
+            return Err(refused("signature test probe"));
+        }
+        Err(NotifyError::Malformed(why)) => return Err(refused(why)),
+    };
+    apply(state, provider_name, &notification).await
+}
+
+/// Applies a verified notification (also used by the reconciler with a query result).
+pub async fn apply(
+    state: &AppState,
+    provider_name: &str,
+    n: &ProviderNotification,
+) -> Result<Applied, ApiError> {
+    let (mchid_ok, appid_ok) = match state.orders.providers.get(provider_name) {
+        Some(p) => p.expected_ids(),
+        None => return Err(ApiError::NotFound),
+    };
+    let mut conn = state.db.pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let now = now_ms();
+    // The dedupe row goes first: it is a write, so on SQLite the transaction takes the
+    // write lock at once (a concurrent twin waits instead of failing), and on PostgreSQL a
+    // twin blocks on the unique key until we commit, then inserts nothing.
+    let inserted = sqlx::query(
+        "INSERT INTO payment_notifications (id, provider, notification_id, kind, outcome, received_at) \
+         VALUES ($1, $2, $3, $4, 'applied', $5) ON CONFLICT (provider, notification_id) DO NOTHING",
+    )
+    .bind(new_id())
+    .bind(provider_name.to_string())
+    .bind(n.id().to_string())
+    .bind(match n {
+        ProviderNotification::Payment { .. } => "payment",
+        ProviderNotification::Refund { .. } => "refund",
+    })
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.commit().await?;
+        state.metrics.count("payment_notifications_duplicate_total");
+        return Ok(Applied::Duplicate);
+    }
+    let mut dispatch = None;
+    match n {
+        ProviderNotification::Payment {
+            out_trade_no,
+            transaction_id,
+            amount_fen,
+            mchid,
+            appid,
+            paid_at_ms,
+            ..
+        } => {
+            let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = $1");
+            let payment = sqlx::query_as::<_, PaymentRow>(sqlx::AssertSqlSafe(sql))
+                .bind(out_trade_no.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let problem = match &payment {
+                None => Some(format!("unknown out_trade_no {out_trade_no}")),
+                Some(p) if p.provider != provider_name => {
+                    Some(format!("payment belongs to provider {}", p.provider))
+                }
+                Some(p) if p.amount_fen != *amount_fen => Some(format!(
+                    "amount {amount_fen} fen differs from the order's {} fen",
+                    p.amount_fen
+                )),
+                Some(_) if *mchid != mchid_ok => Some(format!("merchant id {mchid} is not ours")),
+                Some(_) if *appid != appid_ok => Some(format!("app id {appid} is not ours")),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                tx.rollback().await?;
+                let mut c = state.db.pool.acquire().await?;
+                orders::alert(
+                    &mut c,
+                    payment.as_ref().map(|p| p.merchant_id.as_str()),
+                    payment.as_ref().map(|p| p.order_id.as_str()),
+                    "notification_mismatch",
+                    &problem,
+                )
+                .await?;
+                state.metrics.count("payment_notifications_refused_total");
+                return Err(refused(problem));
+            }
+            if let Some(p) = payment {
+                sqlx::query("UPDATE payment_notifications SET payment_id = $1 WHERE provider = $2 AND notification_id = $3")
+                    .bind(p.id.clone())
+                    .bind(provider_name.to_string())
+                    .bind(n.id().to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                // A query result (the reconciler) is not a notification: keep notified_at
+                // empty so reconciliation can report the missing notification.
+                let notified = !n.id().starts_with("query:");
+                dispatch = apply_payment_success(
+                    &mut tx,
+                    &p,
+                    transaction_id,
+                    *paid_at_ms,
+                    notified,
+                    &Actor::Provider(provider_name.to_string()),
+                )
+                .await?;
+            }
+        }
+        ProviderNotification::Refund {
+            out_refund_no,
+            refund_id,
+            succeeded,
+            ..
+        } => {
+            let refund = refunds::by_out_refund_no(&mut tx, out_refund_no).await?;
+            let Some(refund) = refund else {
+                tx.rollback().await?;
+                return Err(refused(format!("unknown out_refund_no {out_refund_no}")));
+            };
+            if *succeeded {
+                refunds::apply_success(&mut tx, &refund, refund_id, now).await?;
+            } else {
+                refunds::apply_failure(&mut tx, &refund, "provider reported failure", now).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    state.metrics.count("payment_notifications_applied_total");
+    if let Some(order_id) = dispatch {
+        orders::dispatch::dispatch_unlock(state, &order_id).await;
+    }
+    Ok(Applied::Applied)
+}
+
+/// Marks a payment succeeded (once), books it, and moves its order to `paid`. A payment
+/// for an order that is no longer waiting (expired, cancelled, or paid another way) is
+/// refunded in full. Returns the order to unlock, if any.
+pub async fn apply_payment_success(
+    conn: &mut sqlx::AnyConnection,
+    p: &PaymentRow,
+    transaction_id: &str,
+    paid_at_ms: i64,
+    notified: bool,
+    actor: &Actor,
+) -> Result<Option<String>, ApiError> {
+    let now = now_ms();
+    let won = sqlx::query(
+        "UPDATE payments SET status = 'succeeded', provider_txn_id = $1, paid_at = $2, \
+         notified_at = $3, updated_at = $4 WHERE id = $5 AND status IN ('pending', 'closed')",
+    )
+    .bind(transaction_id.to_string())
+    .bind(paid_at_ms)
+    .bind(notified.then_some(now))
+    .bind(now)
+    .bind(p.id.clone())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !won {
+        // Already applied; a late real notification still records that it came.
+        if notified {
+            sqlx::query(
+                "UPDATE payments SET notified_at = $1 WHERE id = $2 AND notified_at IS NULL",
+            )
+            .bind(now)
+            .bind(p.id.clone())
+            .execute(&mut *conn)
+            .await?;
+        }
+        return Ok(None);
+    }
+    money::book(
+        conn,
+        &p.merchant_id,
+        Some(&p.order_id),
+        money::Kind::Payment,
+        p.amount_fen,
+        &p.id,
+        now,
+    )
+    .await?;
+    let order = orders::load(conn, &p.order_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if order.status() == Status::Created
+        && orders::transition(
+            conn,
+            &order.id,
+            Status::Created,
+            Status::Paid,
+            actor,
+            &format!("payment {} succeeded", p.out_trade_no),
+            now,
+            Also::default(),
+        )
+        .await?
+    {
+        return Ok(Some(order.id));
+    }
+    // Paid, but the order stopped waiting: the money goes back.
+    let mut paid = p.clone();
+    paid.status = "succeeded".into();
+    paid.provider_txn_id = Some(transaction_id.to_string());
+    refunds::create(
+        conn,
+        &order,
+        &paid,
+        p.amount_fen,
+        &format!("payment arrived while the order was {}", order.status),
+        &Actor::System,
+        now,
+        0,
+    )
+    .await?;
+    Ok(None)
+}

@@ -1,0 +1,1020 @@
+//! Orders end to end on the real app: the phone's endpoints, the sandbox provider's signed
+//! notifications, the unlock dispatch (a recording dispatcher stands in for the gateway
+//! link), gateway events, the order jobs at chosen clock times, refunds, the ledger,
+//! settlement and reconciliation.
+
+use crate::on_every_backend;
+
+on_every_backend!(
+    order_flow_from_scan_to_closed_door,
+    notifications_apply_once_and_forgeries_change_nothing,
+    two_orders_for_one_lock_one_wins,
+    expiry_and_payment_after_expiry_refunds,
+    unlock_timeout_refunds_and_late_unlock_cancels,
+    merchant_refunds_rules_and_isolation,
+    settlement_and_reconciliation,
+    bad_input_is_never_a_500,
+);
+
+pub mod support {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use dmr_cloud::error::ApiError;
+    use dmr_cloud::orders::dispatch::{DispatchFut, UnlockDispatcher};
+    use dmr_protocol::token::{TokenClaims, UnlockToken};
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    use crate::common::{Tenant, TestApp};
+
+    /// Signs with a fixed test key and records every `cmd unlock` instead of sending it.
+    #[derive(Debug)]
+    pub struct Recorder {
+        pub key: ed25519_dalek::SigningKey,
+        pub sent: Mutex<Vec<(Uuid, String)>>,
+        pub fail_send: bool,
+    }
+
+    impl Recorder {
+        pub fn new(fail_send: bool) -> Arc<Recorder> {
+            Arc::new(Recorder {
+                key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
+                sent: Mutex::new(Vec::new()),
+                fail_send,
+            })
+        }
+        pub fn sent(&self) -> Vec<(Uuid, String)> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    impl UnlockDispatcher for Recorder {
+        fn sign(&self, mut claims: TokenClaims) -> DispatchFut<'_, UnlockToken> {
+            Box::pin(async move {
+                claims.key_id = 9;
+                Ok(claims.sign(&self.key).unwrap())
+            })
+        }
+        fn send(&self, gw: Uuid, token: String, _ttl: Duration) -> DispatchFut<'_, Uuid> {
+            Box::pin(async move {
+                if self.fail_send {
+                    return Err(ApiError::Conflict("gateway offline".into()));
+                }
+                self.sent.lock().unwrap().push((gw, token));
+                Ok(Uuid::new_v4())
+            })
+        }
+    }
+
+    pub async fn lock_qr_and_plan(app: &TestApp, t: &Tenant) -> (String, String) {
+        let (s, l) = app
+            .get(&format!("/api/v1/locks/{}", t.lock_id), &t.owner)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        (
+            l["qr_code"].as_str().unwrap().to_string(),
+            l["price_plans"][0]["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// POST /api/v1/public/orders with the two headers.
+    pub async fn create_order(
+        app: &TestApp,
+        qr: &str,
+        plan: &str,
+        session: &str,
+        idem: &str,
+    ) -> (StatusCode, Value) {
+        let resp = app
+            .client
+            .post(app.url_of("/api/v1/public/orders"))
+            .header("Idempotency-Key", idem)
+            .header("X-Device-Session", session)
+            .json(&json!({ "qr_code": qr, "plan_id": plan, "provider": "sandbox" }))
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an order and returns (order id, access key, payment id).
+    pub async fn new_order(app: &TestApp, t: &Tenant) -> (String, String, String) {
+        let (qr, plan) = lock_qr_and_plan(app, t).await;
+        let (s, b) = create_order(
+            app,
+            &qr,
+            &plan,
+            &format!("session-{}", Uuid::new_v4()),
+            &Uuid::new_v4().to_string(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let url = b["payment"]["redirect_url"].as_str().unwrap();
+        let payment_id = url.rsplit('/').next().unwrap().to_string();
+        (
+            b["order"]["id"].as_str().unwrap().to_string(),
+            b["access_key"].as_str().unwrap().to_string(),
+            payment_id,
+        )
+    }
+
+    /// Plays the payer on the sandbox page.
+    pub async fn pay(app: &TestApp, payment_id: &str, query: &str) -> StatusCode {
+        app.client
+            .post(app.url_of(&format!("/pay/sandbox/{payment_id}{query}")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    pub async fn order_status(app: &TestApp, id: &str) -> String {
+        let mut conn = app.state.db.pool.acquire().await.unwrap();
+        dmr_cloud::orders::load(&mut conn, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    }
+
+    pub async fn scalar(app: &TestApp, sql: &str, id: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(id.to_string())
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn ledger_sum(app: &TestApp, order_id: &str) -> i64 {
+        scalar(
+            app,
+            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries WHERE order_id = $1",
+            order_id,
+        )
+        .await
+    }
+
+    pub async fn ledger_count(app: &TestApp, order_id: &str, kind: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM ledger_entries WHERE order_id = $1 AND kind = $2",
+        )
+        .bind(order_id.to_string())
+        .bind(kind.to_string())
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Feeds a gateway event through the orders hook, in a transaction as ingest does.
+    pub async fn gateway_event(app: &TestApp, gw: &str, event: dmr_protocol::message::Event) {
+        let mut conn = app.state.db.pool.acquire().await.unwrap();
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
+        dmr_cloud::orders::on_gateway_event(
+            &mut tx,
+            Uuid::parse_str(gw).unwrap(),
+            Uuid::new_v4(),
+            &event,
+            dmr_cloud::db::now_ms(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    pub fn unlock_event(
+        lock: &str,
+        order: &str,
+        result: dmr_protocol::message::ResultCode,
+        via: dmr_protocol::message::Presenter,
+    ) -> dmr_protocol::message::Event {
+        dmr_protocol::message::Event::Unlock(dmr_protocol::message::UnlockEvent {
+            lock_id: Uuid::parse_str(lock).unwrap(),
+            token_id: None,
+            order_id: Some(Uuid::parse_str(order).unwrap()),
+            result,
+            via: Some(via),
+            at: u64::try_from(dmr_cloud::db::now_ms()).unwrap(),
+        })
+    }
+
+    pub fn door_event(
+        lock: &str,
+        door: dmr_protocol::message::DoorChange,
+    ) -> dmr_protocol::message::Event {
+        dmr_protocol::message::Event::Door(dmr_protocol::message::DoorEvent {
+            lock_id: Uuid::parse_str(lock).unwrap(),
+            door,
+            at: u64::try_from(dmr_cloud::db::now_ms()).unwrap(),
+        })
+    }
+
+    /// POSTs a raw notification body with headers.
+    pub async fn notify(app: &TestApp, body: &[u8], headers: &axum::http::HeaderMap) -> StatusCode {
+        let mut req = app
+            .client
+            .post(app.url_of("/api/v1/payments/notify/sandbox"))
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.to_str().unwrap());
+        }
+        req.send().await.unwrap().status()
+    }
+
+    /// Gives each tenant a paid, settled order (and a reconciliation report).
+    pub async fn seed_money(app: &TestApp, mut w: crate::common::World) -> crate::common::World {
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        for t in [&mut w.a, &mut w.b] {
+            let (id, _, payment) = new_order(app, t).await;
+            assert_eq!(pay(app, &payment, "").await, StatusCode::OK);
+            t.order_id = id;
+        }
+        dmr_cloud::orders::jobs::run_once(&app.state, dmr_cloud::db::now_ms() + 24 * 3_600_000)
+            .await
+            .unwrap();
+        for t in [&mut w.a, &mut w.b] {
+            t.settlement_id = sqlx::query_scalar::<_, String>(
+                "SELECT id FROM settlements WHERE merchant_id = $1",
+            )
+            .bind(t.merchant_id.clone())
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+        }
+        w
+    }
+
+    pub async fn out_trade_no(app: &TestApp, payment_id: &str) -> (String, i64) {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT out_trade_no, amount_fen FROM payments WHERE id = $1",
+        )
+        .bind(payment_id.to_string())
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap()
+    }
+}
+
+mod scenarios {
+    use dmr_cloud::db::now_ms;
+    use dmr_cloud::orders::jobs::run_once;
+    use dmr_protocol::message::{DoorChange, Presenter, ResultCode};
+    use dmr_protocol::token::{TokenKind, UnlockToken};
+    use reqwest::StatusCode;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::support::*;
+    use crate::common::{DbKind, TestApp, error_code, seed_world};
+
+    const DAY_MS: i64 = 24 * 3_600_000;
+
+    pub async fn order_flow_from_scan_to_closed_door(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let rec = Recorder::new(false);
+        app.state.orders.set_dispatcher(rec.clone());
+        let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
+
+        let (s, lock) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/locks/{qr}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{lock}");
+        assert_eq!(lock["available"], true);
+        assert_eq!(lock["price_plans"][0]["price_fen"], 300);
+
+        // A double tap: one order, the same key, the replay answers 200.
+        let (s1, a) = create_order(&app, &qr, &plan, "session-phone-1", "tap-0000001").await;
+        let (s2, b) = create_order(&app, &qr, &plan, "session-phone-1", "tap-0000001").await;
+        assert_eq!(s1, StatusCode::CREATED, "{a}");
+        assert_eq!(s2, StatusCode::OK, "{b}");
+        assert_eq!(a["order"]["id"], b["order"]["id"]);
+        assert_eq!(a["access_key"], b["access_key"]);
+        assert_eq!(a["order"]["amount_fen"], 300, "the amount is the plan's");
+        let id = a["order"]["id"].as_str().unwrap().to_string();
+        let key = a["access_key"].as_str().unwrap().to_string();
+        let (s, l) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/locks/{qr}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(l["available"], false, "the lock is taken by the order");
+
+        // The sandbox page, then paying on it.
+        let url = a["payment"]["redirect_url"].as_str().unwrap();
+        let payment_id = url.rsplit('/').next().unwrap();
+        let page = app
+            .client
+            .get(app.url_of(&format!("/pay/sandbox/{payment_id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(page.text().await.unwrap().contains("确认支付"));
+        assert_eq!(pay(&app, payment_id, "").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &id).await, "unlocking");
+
+        // The token sent to the gateway is an order token for this lock and order.
+        let sent = rec.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.to_string(), w.a.gateway_id);
+        let token = UnlockToken::from_text(&sent[0].1).unwrap();
+        let c = token.claims();
+        assert_eq!(c.kind, TokenKind::Order);
+        assert_eq!(c.lock_id.to_string(), w.a.lock_id);
+        assert_eq!(c.order_id.to_string(), id);
+        assert_eq!(c.max_uses, 1);
+        assert_eq!(c.not_after - c.not_before, 60 * 60, "plan duration");
+        let (s, t) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        assert_eq!(t["token"].as_str().unwrap(), sent[0].1);
+
+        // `accepted` is not proof of opening.
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Accepted, Presenter::Cloud),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "unlocking");
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Closed),
+        )
+        .await;
+        assert_eq!(
+            order_status(&app, &id).await,
+            "unlocked",
+            "closed before opening means nothing"
+        );
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Opened),
+        )
+        .await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Closed),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "completed");
+
+        // The phone's view, with and without the key.
+        let (s, o) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/orders/{id}?key={key}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(o["status"], "completed");
+        let (s, _) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/orders/{id}?key=wrong"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let mine = app
+            .client
+            .get(app.url_of("/api/v1/public/my/orders"))
+            .header("X-Device-Session", "session-phone-1")
+            .send()
+            .await
+            .unwrap();
+        let mine: serde_json::Value = mine.json().await.unwrap();
+        assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+        assert_eq!(mine["items"][0]["access_key"], key.as_str());
+
+        // SSE: a finished order streams its final state and ends.
+        let sse = app
+            .client
+            .get(app.url_of(&format!("/api/v1/public/orders/{id}/events?key={key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), StatusCode::OK);
+        let text = tokio::time::timeout(std::time::Duration::from_secs(10), sse.text())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(text.contains("event: order"), "{text}");
+        assert!(text.contains("\"completed\""), "{text}");
+
+        // The console's one record: transitions, payment, unlock evidence; the ledger.
+        let (s, d) = app.get(&format!("/api/v1/orders/{id}"), &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        let path: Vec<&str> = d["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["to_status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            path,
+            ["created", "paid", "unlocking", "unlocked", "completed"]
+        );
+        assert_eq!(d["payments"][0]["status"], "succeeded");
+        assert!(d["unlock_events"].as_array().unwrap().len() >= 4);
+        assert_eq!(ledger_count(&app, &id, "payment").await, 1);
+        assert_eq!(
+            ledger_sum(&app, &id).await,
+            300,
+            "unsettled: the payment is held"
+        );
+        let (s, _) = app.get(&format!("/api/v1/orders/{id}"), &w.b.owner).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "another tenant's order is 404");
+        let (s, list) = app.get("/api/v1/orders?status=completed", &w.a.staff).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(list["total"], 1);
+        let (s, list) = app.get("/api/v1/orders", &w.b.owner).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(list["total"], 0, "tenant B sees none of A's orders");
+        let (s, summary) = app.get("/api/v1/dashboard/summary", &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(summary["today_revenue_fen"], 300);
+        assert_eq!(summary["today_orders"], 1);
+        assert_eq!(summary["revenue_by_day"].as_array().unwrap().len(), 7);
+        app.stop().await;
+    }
+
+    pub async fn notifications_apply_once_and_forgeries_change_nothing(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let sb = app.state.orders.sandbox.clone().unwrap();
+        let (id, _key, payment_id) = new_order(&app, &w.a).await;
+        let (no, amount) = out_trade_no(&app, &payment_id).await;
+        let body = sb.pay(&no, amount, now_ms());
+
+        // Forgeries first: nothing may change.
+        let good = sb.signed_headers(&body, now_ms());
+        let mut bad_sig = good.clone();
+        bad_sig.insert("x-sandbox-signature", "AAAA".parse().unwrap());
+        let mut tampered = body.clone();
+        let pos = tampered.iter().position(|b| *b == b'3').unwrap();
+        tampered[pos] = b'1'; // 300 -> 100 fen
+        let stale = sb.signed_headers(&body, now_ms() - 6 * 60_000);
+        for (what, b, h) in [
+            ("bad signature", body.clone(), bad_sig),
+            ("tampered body", tampered, good.clone()),
+            ("stale timestamp", body.clone(), stale),
+        ] {
+            assert_eq!(
+                notify(&app, &b, &h).await,
+                StatusCode::BAD_REQUEST,
+                "{what}"
+            );
+        }
+        for missing in [
+            "x-sandbox-signature",
+            "x-sandbox-timestamp",
+            "x-sandbox-nonce",
+        ] {
+            let mut h = good.clone();
+            h.remove(missing);
+            assert_eq!(
+                notify(&app, &body, &h).await,
+                StatusCode::BAD_REQUEST,
+                "without {missing}"
+            );
+        }
+        // Authentic, but the amount is not the order's: refused and alerted.
+        let wrong = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("\"amount_fen\":300", "\"amount_fen\":1");
+        assert_ne!(wrong.as_bytes(), body.as_slice());
+        let h = sb.signed_headers(wrong.as_bytes(), now_ms());
+        assert_eq!(
+            notify(&app, wrong.as_bytes(), &h).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(order_status(&app, &id).await, "created");
+        assert_eq!(ledger_count(&app, &id, "payment").await, 0);
+        assert!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM payment_alerts WHERE order_id = $1",
+                &id
+            )
+            .await
+                >= 1
+        );
+        // The probe of an unknown provider.
+        let r = app
+            .client
+            .post(app.url_of("/api/v1/payments/notify/nope"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+        // The real one: twice at once, then ten more times. All 2xx, applied once.
+        let (h1, h2) = (
+            sb.signed_headers(&body, now_ms()),
+            sb.signed_headers(&body, now_ms()),
+        );
+        let (a, b) = tokio::join!(notify(&app, &body, &h1), notify(&app, &body, &h2));
+        assert!(a.is_success() && b.is_success(), "{a} {b}");
+        for _ in 0..10 {
+            let s = notify(&app, &body, &sb.signed_headers(&body, now_ms())).await;
+            assert_eq!(s, StatusCode::NO_CONTENT);
+        }
+        assert_eq!(ledger_count(&app, &id, "payment").await, 1);
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM payments WHERE order_id = $1 AND status = 'succeeded'",
+                &id
+            )
+            .await,
+            1
+        );
+        assert_eq!(order_status(&app, &id).await, "unlocking");
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM order_transitions WHERE order_id = $1 AND to_status = 'paid'",
+                &id
+            )
+            .await,
+            1
+        );
+
+        // A "crash" between applying and answering: the sandbox redelivers; nothing doubles.
+        let (id2, _, payment2) = new_order(&app, &w.b).await;
+        assert_eq!(
+            pay(&app, &payment2, "?fail=crash&duplicates=3").await,
+            StatusCode::OK
+        );
+        assert_eq!(ledger_count(&app, &id2, "payment").await, 1);
+        assert_eq!(order_status(&app, &id2).await, "unlocking");
+        app.stop().await;
+    }
+
+    pub async fn two_orders_for_one_lock_one_wins(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
+        let (a, b) = tokio::join!(
+            create_order(&app, &qr, &plan, "session-aaaaaaaa", "key-aaaaaaaa"),
+            create_order(&app, &qr, &plan, "session-bbbbbbbb", "key-bbbbbbbb")
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "{} / {}",
+            a.1,
+            b.1
+        );
+        let loser = if a.0 == StatusCode::CONFLICT {
+            a.1
+        } else {
+            b.1
+        };
+        assert_eq!(error_code(&loser), "conflict");
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM orders WHERE lock_id = $1",
+                &w.a.lock_id
+            )
+            .await,
+            1
+        );
+        app.stop().await;
+    }
+
+    pub async fn expiry_and_payment_after_expiry_refunds(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (id, _, payment_id) = new_order(&app, &w.a).await;
+        let r = run_once(&app.state, now_ms() + 60_000).await.unwrap();
+        assert_eq!(r.expired, 0, "not yet");
+        let r = run_once(&app.state, now_ms() + 5 * 60_000 + 1000)
+            .await
+            .unwrap();
+        assert_eq!(r.expired, 1);
+        assert_eq!(order_status(&app, &id).await, "expired");
+        // The lock is free again.
+        let (_, _, _) = new_order(&app, &w.a).await;
+        // The payer pays anyway: the money goes back, the order stays expired.
+        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &id).await, "expired");
+        assert_eq!(ledger_count(&app, &id, "payment").await, 1);
+        run_once(&app.state, now_ms()).await.unwrap();
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM refunds WHERE order_id = $1 AND status = 'succeeded'",
+                &id
+            )
+            .await,
+            1
+        );
+        assert_eq!(ledger_sum(&app, &id).await, 0, "paid and refunded");
+        app.stop().await;
+    }
+
+    pub async fn unlock_timeout_refunds_and_late_unlock_cancels(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        // The gateway is offline: the command cannot be sent.
+        app.state.orders.set_dispatcher(Recorder::new(true));
+        let (id, key, payment_id) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &id).await, "unlocking");
+        let t0 = now_ms();
+        let r = run_once(&app.state, t0 + 10_000).await.unwrap();
+        assert_eq!(r.unlock_timeouts, 0);
+        let r = run_once(&app.state, t0 + 31_000).await.unwrap();
+        assert_eq!(r.unlock_timeouts, 1);
+        assert_eq!(order_status(&app, &id).await, "unlock_failed");
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM refunds WHERE order_id = $1 AND status = 'pending'",
+                &id
+            )
+            .await,
+            1,
+            "the refund waits its grace period"
+        );
+        // The phone shows the offline token; the venue scanner opens; the event arrives late.
+        let (s, _) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Scanner),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM refunds WHERE order_id = $1 AND status = 'cancelled'",
+                &id
+            )
+            .await,
+            1
+        );
+        run_once(&app.state, t0 + 10 * 60_000).await.unwrap();
+        assert_eq!(
+            ledger_count(&app, &id, "refund").await,
+            0,
+            "no refund went out"
+        );
+
+        // Second order: nobody opens; after the grace the refund goes out.
+        let (id2, _, payment2) = new_order(&app, &w.b).await;
+        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
+        let t1 = now_ms();
+        run_once(&app.state, t1 + 31_000).await.unwrap();
+        assert_eq!(order_status(&app, &id2).await, "unlock_failed");
+        let r = run_once(&app.state, t1 + 31_000 + 121_000).await.unwrap();
+        assert_eq!(r.refunds_sent, 1);
+        assert_eq!(order_status(&app, &id2).await, "refunded");
+        assert_eq!(ledger_sum(&app, &id2).await, 0);
+        // Opening after the refund went out: flagged for review, not reversed.
+        gateway_event(
+            &app,
+            &w.b.gateway_id,
+            unlock_event(&w.b.lock_id, &id2, ResultCode::Ok, Presenter::Scanner),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id2).await, "refunded");
+        let (_, d) = app.get(&format!("/api/v1/orders/{id2}"), &w.b.owner).await;
+        assert!(d["review_reason"].is_string(), "{d}");
+        app.stop().await;
+    }
+
+    pub async fn merchant_refunds_rules_and_isolation(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (id, _, payment_id) = new_order(&app, &w.a).await;
+        let path = format!("/api/v1/orders/{id}/refund");
+        let (s, b) = app.post(&path, &w.a.owner, json!({ "reason": "x" })).await;
+        assert_eq!(s, StatusCode::CONFLICT, "nothing paid yet: {b}");
+        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        let (s, b) = app.post(&path, &w.a.owner, json!({})).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(b["error"]["details"]["field"], "reason");
+        let (s, _) = app.post(&path, &w.a.owner, json!({ "reason": "  " })).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, b) = app
+            .post(
+                &path,
+                &w.a.owner,
+                json!({ "reason": "too much", "amount_fen": 301 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        let (s, _) = app
+            .post(&path, &w.b.owner, json!({ "reason": "not mine" }))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = app
+            .post(&path, &w.a.staff, json!({ "reason": "staff" }))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, d) = app
+            .post(
+                &path,
+                &w.a.owner,
+                json!({ "reason": "broken hinge", "amount_fen": 100 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        assert_eq!(d["refunds"][0]["status"], "succeeded");
+        assert_eq!(d["refunded_fen"], 100);
+        let (s, _) = app
+            .post(
+                &path,
+                &w.a.owner,
+                json!({ "reason": "again", "amount_fen": 201 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "over what is left");
+        // A year and a day later: refused.
+        sqlx::query("UPDATE payments SET paid_at = paid_at - $1 WHERE order_id = $2")
+            .bind(366 * DAY_MS)
+            .bind(id.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (s, b) = app
+            .post(
+                &path,
+                &w.a.owner,
+                json!({ "reason": "late", "amount_fen": 1 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("365"));
+        assert_eq!(ledger_count(&app, &id, "refund").await, 1);
+        app.stop().await;
+    }
+
+    pub async fn settlement_and_reconciliation(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        // Merchant A: 500 bp. Two orders of 300 fen; one opened, one refunded 100 fen.
+        let (o1, _, p1) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &o1, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Opened),
+        )
+        .await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Closed),
+        )
+        .await;
+        let (o2, _, p2) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &o2, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
+        let (s, _) = app
+            .post(
+                &format!("/api/v1/orders/{o2}/refund"),
+                &w.a.owner,
+                json!({ "reason": "partial", "amount_fen": 100 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        // An order whose notification never comes: the reconciler finds it by query.
+        let (o3, _, p3) = new_order(&app, &w.b).await;
+        assert_eq!(pay(&app, &p3, "?fail=drop").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &o3).await, "created");
+        let r = run_once(&app.state, now_ms() + 61_000).await.unwrap();
+        assert_eq!(r.payments_found, 1);
+        assert_ne!(order_status(&app, &o3).await, "created");
+
+        let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
+        assert_eq!(r.settlements, 2, "A and B");
+        let (s, page) = app.get("/api/v1/settlements", &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 1);
+        let st = &page["items"][0];
+        assert_eq!(st["gross_fen"], 600);
+        assert_eq!(st["refunds_fen"], 100);
+        // Per order, half up: 300 × 5% = 15; 200 × 5% = 10.
+        assert_eq!(st["commission_fen"], 25);
+        assert_eq!(st["net_fen"], 475);
+        assert_eq!(st["status"], "issued");
+        for o in [&o1, &o2] {
+            assert_eq!(
+                ledger_sum(&app, o).await,
+                0,
+                "settled order {o} sums to zero"
+            );
+        }
+        let sid = st["id"].as_str().unwrap().to_string();
+        let csv = app
+            .client
+            .get(app.url_of(&format!("/api/v1/settlements/{sid}/csv")))
+            .bearer_auth(&w.a.owner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(csv.status(), StatusCode::OK);
+        let text = csv.text().await.unwrap();
+        assert!(text.contains(",600,100,25,475,issued"), "{text}");
+        assert!(text.contains(&format!("{o1},300,0,15,285")), "{text}");
+        let (s, _) = app
+            .get(&format!("/api/v1/settlements/{sid}/csv"), &w.b.owner)
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // Issued once: another round changes nothing.
+        let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
+        assert_eq!(r.settlements, 0);
+        let (_, again) = app.get("/api/v1/settlements", &w.a.owner).await;
+        assert_eq!(again["items"][0], *st);
+
+        // Reconciliation of today (run as "yesterday" from tomorrow): A's orders both
+        // opened and match the bill; B's payment came without a notification and its
+        // lock never opened.
+        let (s, reports) = app.get("/api/v1/reconciliation/reports", &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(reports["total"], 1, "{reports}");
+        assert_eq!(reports["items"][0]["items_count"], 0, "{reports}");
+        let (_, rb) = app.get("/api/v1/reconciliation/reports", &w.b.owner).await;
+        let summary = rb["items"][0]["summary"].as_str().unwrap();
+        assert!(summary.contains("missing_notification"), "{rb}");
+        assert!(summary.contains("paid_never_opened"), "{rb}");
+        app.stop().await;
+    }
+
+    pub async fn bad_input_is_never_a_500(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
+        let post = |body: String, idem: &'static str| {
+            app.client
+                .post(app.url_of("/api/v1/public/orders"))
+                .header("content-type", "application/json")
+                .header("Idempotency-Key", idem)
+                .body(body)
+                .send()
+        };
+        let r = post("{nope".into(), "key-00000001").await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = post(
+            json!({ "qr_code": qr, "plan_id": plan, "amount_fen": 1 }).to_string(),
+            "key-00000002",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the client cannot set the amount"
+        );
+        let r = post(
+            json!({ "qr_code": "NOPE", "plan_id": plan }).to_string(),
+            "key-00000003",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = post(
+            json!({ "qr_code": qr, "plan_id": Uuid::new_v4().to_string() }).to_string(),
+            "key-00000004",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = post(
+            json!({ "qr_code": qr, "plan_id": plan, "provider": "paypal" }).to_string(),
+            "key-00000005",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = post(
+            json!({ "qr_code": qr, "plan_id": plan }).to_string(),
+            "short",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad Idempotency-Key"
+        );
+        let big = "x".repeat(2 << 20);
+        let r = post(big.clone(), "key-00000006").await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = app
+            .client
+            .post(app.url_of("/api/v1/payments/notify/sandbox"))
+            .body(big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        for path in [
+            "/api/v1/public/locks/%00%01",
+            "/api/v1/public/locks/NOSUCHLOCK",
+            "/api/v1/public/orders/not-a-uuid?key=x",
+            "/api/v1/public/orders/00000000-0000-0000-0000-000000000000/events",
+            "/pay/sandbox/nope",
+        ] {
+            let (s, _) = app.call(reqwest::Method::GET, path, None, None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+        }
+        let (s, _) = app
+            .call(reqwest::Method::GET, "/api/v1/public/my/orders", None, None)
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        for q in [
+            "status=weird",
+            "from=yesterday",
+            "page=0",
+            "sort=amount_fen;drop",
+            "bogus=1",
+        ] {
+            let (s, b) = app.get(&format!("/api/v1/orders?{q}"), &w.a.owner).await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {b}");
+        }
+        let (s, _) = app
+            .get("/api/v1/settlements?from=2026-02-31", &w.a.owner)
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = app
+            .post(
+                &format!("/api/v1/orders/{}/refund", Uuid::new_v4()),
+                &w.a.owner,
+                json!({ "reason": "x" }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let r = app
+            .client
+            .post(app.url_of("/pay/sandbox/00000000-0000-0000-0000-000000000000?fail=explode"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        app.stop().await;
+    }
+}
