@@ -1148,8 +1148,9 @@ mod scenarios {
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         let big = "x".repeat(2 << 20);
-        let resp = app
-            .client
+        // Its own client: the server closes a connection whose oversize body it did not
+        // read, and a pooled connection reused afterwards would fail the next request.
+        let resp = reqwest::Client::new()
             .post(app.url_of("/api/v1/gateway/enroll"))
             .header("content-type", "application/json")
             .body(format!("{{\"code\":\"{big}\"}}"))
