@@ -577,6 +577,10 @@ mod scenarios {
             scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
             Some(1)
         );
+        let (_, gv) = app.get(&format!("/api/v1/gateways/{g}"), &w.a.owner).await;
+        assert_eq!(gv["online"], true, "{gv}");
+        assert_eq!(gv["outbox_pending"], 3);
+        assert_eq!(gv["agent_version"], "test");
         let (_, metrics) = app.call(Method::GET, "/metrics", None, None).await;
         let text = metrics.as_str().unwrap();
         assert!(text.contains("dmr_locks_online 1"), "{text}");
