@@ -161,6 +161,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Perm(P::DeviceWrite),
             gateways::handlers::delete,
         )
+        .add(
+            get.clone(),
+            "/api/v1/gateways/{id}/commands",
+            Perm(P::DeviceRead),
+            link::commands::list_for_gateway,
+        )
         // Locks
         .add(
             get.clone(),
@@ -191,6 +197,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             "/api/v1/locks/{id}",
             Perm(P::DeviceWrite),
             locks::handlers::delete,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/locks/{id}/unlock",
+            Perm(P::DeviceUnlock),
+            link::commands::unlock_lock,
         )
         // Users of a merchant
         .add(
@@ -329,9 +341,18 @@ pub async fn build_app(config: Config) -> anyhow::Result<App> {
     keys.ensure().await.context("cloud signing keys")?;
     let link_metrics = Arc::new(crate::link::metrics::LinkMetrics::default());
     let ingest = crate::link::ingest::Ingest::new(db.clone(), link_metrics.clone());
+    let keys = Arc::new(keys);
+    let mqtt = crate::link::bridge::MqttLink::new(&config.mqtt)?;
+    let commands = Arc::new(crate::link::commands::Commands::new(
+        db.clone(),
+        keys.clone(),
+        mqtt.clone(),
+    ));
     let state = AppState {
+        mqtt,
+        commands,
         stop: Arc::new(tokio::sync::watch::channel(false).0),
-        keys: Arc::new(keys),
+        keys,
         ingest: Arc::new(ingest),
         link_metrics,
         db,
@@ -390,7 +411,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let holder = format!("{}:{}", hostname(), std::process::id());
     let cleanup = tokio::spawn(crate::jobs::run_cleanup(
         db.clone(),
-        holder,
+        holder.clone(),
         std::time::Duration::from_secs(600),
         stop_rx.clone(),
     ));
@@ -400,6 +421,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::time::Duration::from_secs(60),
         stop_rx.clone(),
     ));
+    let (bridge, liveness) = spawn_link(&app.state, &holder, &stop_rx);
     let mut server_stop = stop_rx;
     let server = serve(app, listener, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -428,10 +450,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "cleanup job panicked"),
         Err(_) => tracing::warn!("cleanup job did not stop within 10 s"),
     }
+    for (name, task) in [("MQTT bridge", bridge), ("liveness job", liveness)] {
+        let Some(task) = task else { continue };
+        match tokio::time::timeout(std::time::Duration::from_secs(15), task).await {
+            Ok(Ok(())) => tracing::info!("{name} stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "{name} panicked"),
+            Err(_) => tracing::warn!("{name} did not stop within 15 s"),
+        }
+    }
     db.pool.close().await;
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+type Task = Option<tokio::task::JoinHandle<()>>;
+
+/// Starts the gateway link's background tasks: the MQTT bridge (unless `mqtt.enabled` is
+/// false) and the leased liveness job. Tests that run the link call this too.
+pub fn spawn_link(
+    state: &AppState,
+    holder: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (Task, Task) {
+    let bridge = state
+        .config
+        .mqtt
+        .enabled
+        .then(|| tokio::spawn(crate::link::bridge::run(state.clone(), stop.clone())));
+    let liveness = tokio::spawn(crate::link::liveness::run(
+        state.clone(),
+        holder.to_string(),
+        std::time::Duration::from_secs(10),
+        stop.clone(),
+    ));
+    (bridge, Some(liveness))
 }
 
 fn hostname() -> String {

@@ -107,6 +107,71 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// The MQTT side of the gateway link: where the broker is, who the cloud is on it, and how
+/// the bridge batches what it consumes.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// Run the bridge at all (an API-only instance can leave the link to others).
+    pub enabled: bool,
+    /// `mqtt://host:port` or `mqtts://host:port`, as given.
+    pub url: String,
+    /// Parsed from `url`.
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// PEM CA bundle for `mqtts://` (the system roots when absent).
+    pub ca_file: Option<PathBuf>,
+    pub username: String,
+    pub password: Option<Secret<String>>,
+    /// Unique per instance: a broker drops an older connection with the same id. Empty in
+    /// the file means `dmr-cloud-<hostname>-<pid>`.
+    pub client_id: String,
+    /// Subscribe through `$share/dmr-cloud/...` so several instances split the load.
+    pub shared_subscription: bool,
+    pub keep_alive_secs: u64,
+    /// Messages handed to ingest in one batch at most.
+    pub batch_max: usize,
+    /// How long the bridge waits to fill a batch.
+    pub batch_wait_ms: u64,
+    /// Batches verified and applied at the same time.
+    pub workers: usize,
+    /// Messages received but not yet applied; at the bound the bridge stops reading the socket.
+    pub queue: usize,
+    /// Messages the broker may send before the cloud acknowledges (QoS 1 receive window).
+    pub inflight: u16,
+}
+
+impl MqttConfig {
+    /// Splits `mqtt://host:port` / `mqtts://host:port` into (tls, host, port).
+    pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+        let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r, 1883)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r, 8883)
+        } else {
+            return Err("must start with mqtt:// or mqtts://".into());
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err("must be mqtt(s)://host[:port] with no path or credentials \
+                 (set mqtt.username and mqtt.password instead)"
+                .into());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("port {p:?} is not a number in 1..=65535"))?;
+                (h.trim_start_matches('[').trim_end_matches(']'), port)
+            }
+            _ => (rest, default_port),
+        };
+        Ok((tls, host.to_string(), port))
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -117,6 +182,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub gateway: GatewayLinkConfig,
     pub log: LogConfig,
+    pub mqtt: MqttConfig,
 }
 
 /// Where a raw value came from, for error messages.
@@ -161,6 +227,9 @@ fn render_issues(issues: &[ConfigIssue]) -> String {
         .join("\n")
 }
 
+/// Where the cloud looks for its broker unless told otherwise (the embedded one listens here).
+pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+
 /// Every key the cloud understands; the environment name is derived from the path
 /// (`auth.access_ttl_secs` -> `DMR_AUTH_ACCESS_TTL_SECS`).
 pub const KEYS: &[&str] = &[
@@ -185,6 +254,19 @@ pub const KEYS: &[&str] = &[
     "gateway.token_skew_s",
     "log.format",
     "log.filter",
+    "mqtt.enabled",
+    "mqtt.url",
+    "mqtt.ca_file",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.client_id",
+    "mqtt.shared_subscription",
+    "mqtt.keep_alive_secs",
+    "mqtt.batch_max",
+    "mqtt.batch_wait_ms",
+    "mqtt.workers",
+    "mqtt.queue",
+    "mqtt.inflight",
 ];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
@@ -281,7 +363,7 @@ impl Config {
             raw: &raw,
             issues: &mut issues,
         };
-        let config = Config {
+        let mut config = Config {
             server: ServerConfig {
                 listen: r.parsed("server.listen", SocketAddr::from(([127, 0, 0, 1], 8080))),
                 public_base_url: r.string("server.public_base_url", "http://127.0.0.1:8080"),
@@ -319,6 +401,24 @@ impl Config {
                     &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
                 ),
                 filter: r.string("log.filter", "info"),
+            },
+            mqtt: MqttConfig {
+                enabled: r.boolean("mqtt.enabled", true),
+                url: r.string("mqtt.url", DEFAULT_MQTT_URL),
+                host: String::new(),
+                port: 0,
+                tls: false,
+                ca_file: r.optional_string("mqtt.ca_file").map(PathBuf::from),
+                username: r.string("mqtt.username", "dmr-cloud"),
+                password: r.optional_string("mqtt.password").map(Secret::new),
+                client_id: r.string("mqtt.client_id", ""),
+                shared_subscription: r.boolean("mqtt.shared_subscription", true),
+                keep_alive_secs: r.int("mqtt.keep_alive_secs", 30, 5, 3600),
+                batch_max: r.int("mqtt.batch_max", 500, 1, 10_000),
+                batch_wait_ms: r.int("mqtt.batch_wait_ms", 5, 0, 1000),
+                workers: r.int("mqtt.workers", 4, 1, 64),
+                queue: r.int("mqtt.queue", 20_000, 10, 1_000_000),
+                inflight: r.int("mqtt.inflight", 1000, 1, 65_535),
             },
         };
 
@@ -379,6 +479,43 @@ impl Config {
             });
         }
 
+        match MqttConfig::parse_url(&config.mqtt.url) {
+            Ok((tls, host, port)) => {
+                config.mqtt.tls = tls;
+                config.mqtt.host = host;
+                config.mqtt.port = port;
+            }
+            Err(message) => issues.push(ConfigIssue {
+                path: "mqtt.url".into(),
+                message: format!("{message}, e.g. mqtt://127.0.0.1:1883"),
+            }),
+        }
+        if let Some(ca) = &config.mqtt.ca_file
+            && !ca.is_file()
+        {
+            issues.push(ConfigIssue {
+                path: "mqtt.ca_file".into(),
+                message: format!("{} is not a readable file", ca.display()),
+            });
+        }
+        if config.mqtt.ca_file.is_some() && !config.mqtt.tls {
+            issues.push(ConfigIssue {
+                path: "mqtt.ca_file".into(),
+                message: "only used with an mqtts:// url; remove it or switch mqtt.url".into(),
+            });
+        }
+        if config.mqtt.username.is_empty() || config.mqtt.username.starts_with("gw:") {
+            issues.push(ConfigIssue {
+                path: "mqtt.username".into(),
+                message: "must be non-empty and must not start with gw: (gateway accounts)".into(),
+            });
+        }
+        if config.mqtt.client_id.len() > 64 || config.mqtt.client_id.contains(['+', '#', '/']) {
+            issues.push(ConfigIssue {
+                path: "mqtt.client_id".into(),
+                message: "at most 64 characters, without + # or /".into(),
+            });
+        }
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -682,6 +819,63 @@ mod tests {
             "{err}"
         );
         assert!(unknown_env_keys(env(&[("DMR_MASTER_KEY", key)])).is_empty());
+    }
+
+    #[test]
+    fn mqtt_section_parses_and_collects_every_error() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
+            ("127.0.0.1", 1883, false)
+        );
+        assert!(c.mqtt.shared_subscription);
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_URL", "mqtts://broker.example:8884"),
+                ("DMR_MQTT_SHARED_SUBSCRIPTION", "false"),
+                ("DMR_MQTT_PASSWORD", "pw-s3cr3t"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
+            ("broker.example", 8884, true)
+        );
+        assert!(!c.mqtt.shared_subscription);
+        assert!(!format!("{c:?}").contains("pw-s3cr3t"));
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("DMR_MQTT_URL", "tcp://x:1"),
+                ("DMR_MQTT_USERNAME", "gw:abc"),
+                ("DMR_MQTT_BATCH_MAX", "0"),
+                ("DMR_MQTT_ENABLED", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "mqtt.url",
+            "mqtt.username",
+            "mqtt.batch_max",
+            "mqtt.enabled",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        for bad in [
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u:p@h",
+            "mqtt://h/x",
+        ] {
+            assert!(MqttConfig::parse_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            MqttConfig::parse_url("mqtt://h").unwrap(),
+            (false, "h".into(), 1883)
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum ApiError {
     LoginLocked { retry_after_secs: u64 },
     #[error("refresh token reused; all sessions of this login were revoked")]
     RefreshReuse,
+    /// A dependency (the MQTT broker) is down; retrying later can succeed.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error("enrollment code invalid")]
     EnrollmentCodeInvalid,
     #[error("gateway authentication failed ({reason}): {message}")]
@@ -139,6 +142,12 @@ impl ApiError {
                 "refresh_token_reused",
                 "this refresh token was already used; every session of this login was revoked"
                     .into(),
+                Value::Null,
+            ),
+            Unavailable { code, message } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                message.clone(),
                 Value::Null,
             ),
             EnrollmentCodeInvalid => (

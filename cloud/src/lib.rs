@@ -56,4 +56,7 @@ pub struct AppState {
     /// Turns true when the server starts shutting down, so endless responses (the live
     /// stream) end and graceful shutdown can finish.
     pub stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The broker connection (consumed by the bridge task, published on by commands).
+    pub mqtt: Arc<link::bridge::MqttLink>,
+    pub commands: Arc<link::commands::Commands>,
 }

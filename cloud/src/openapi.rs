@@ -179,6 +179,36 @@ fn link_paths(paths: &mut serde_json::Map<String, Value>) {
         "/api/v1/alarms/{id}/ack".into(),
         json!({ "parameters": id_param(), "post": op("Acknowledge an alarm", Some("device:write"), ok("Alarm", "200"), None) }),
     );
+    let mut unlock = op(
+        "Open a lock now: signs a one-use, 5-minute maintenance token and sends it to the lock's gateway as cmd unlock",
+        Some("device:unlock"),
+        ok("UnlockSent", "202"),
+        None,
+    );
+    unlock["responses"]["409"] =
+        error_response("the lock is disabled or its gateway is not enrolled");
+    unlock["responses"]["503"] =
+        error_response("broker_unavailable: the cloud is not connected to the MQTT broker");
+    paths.insert(
+        "/api/v1/locks/{id}/unlock".into(),
+        json!({ "parameters": id_param(), "post": unlock }),
+    );
+    let mut commands = op(
+        "Commands sent to a gateway, newest first, with their ack state",
+        Some("device:read"),
+        ok("CommandPage", "200"),
+        None,
+    );
+    commands["parameters"] = json!([
+        { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
+        { "name": "page", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
+        { "name": "per_page", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200 } },
+        { "name": "status", "in": "query", "schema": { "type": "string", "enum": ["sent", "acked", "expired"] } },
+    ]);
+    paths.insert(
+        "/api/v1/gateways/{id}/commands".into(),
+        json!({ "get": commands }),
+    );
 }
 
 /// Builds the document.
@@ -348,6 +378,19 @@ pub fn spec() -> Value {
             "locks": { "type": "array", "items": { "type": "object", "properties": { "lock_id": s("string"), "addr": s("integer"), "name": s("string") } } },
             "config": { "type": "object", "properties": { "version": s("integer"), "heartbeat_interval_s": s("integer"), "token_skew_s": s("integer") } } } },
         "EventsRequest": obj(json!({ "messages": { "type": "array", "maxItems": 500, "items": { "type": "string", "description": "compact JWS, as published over MQTT" } } }), &["messages"]),
+        "UnlockSent": { "type": "object", "properties": {
+            "command_id": { "type": "string", "format": "uuid" }, "gateway_id": { "type": "string", "format": "uuid" },
+            "token_id": { "type": "string", "format": "uuid" }, "exp_ms": { "type": "integer" },
+            "status": { "type": "string", "enum": ["sent"] } } },
+        "Command": { "type": "object", "properties": {
+            "id": { "type": "string", "format": "uuid" }, "gateway_id": { "type": "string" },
+            "lock_id": { "type": ["string", "null"] }, "op": { "type": "string" }, "body": { "type": "object" },
+            "key_id": { "type": "integer" }, "exp_ms": { "type": "integer" },
+            "status": { "type": "string", "enum": ["sent", "acked", "expired"] },
+            "result": { "type": ["string", "null"], "description": "the gateway's result code (ok, used_up, lock_unreachable, ...)" },
+            "latency_ms": { "type": ["integer", "null"] }, "created_by": { "type": ["string", "null"] },
+            "created_at": { "type": "integer" }, "acked_at": { "type": ["integer", "null"] } } },
+        "CommandPage": page_of("Command"),
         "EventsResponse": { "type": "object", "properties": { "results": { "type": "array", "items": { "type": "object", "properties": {
             "id": ns, "status": { "enum": ["applied", "duplicate", "rejected"] }, "error": s("string") } } } } },
         "Alarm": { "type": "object", "properties": {

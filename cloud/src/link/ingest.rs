@@ -410,11 +410,7 @@ async fn apply(
         Message::State(s) => apply_state(conn, ctx, env.ts, *s).await,
         Message::Event(ev) => apply_event(conn, ctx, env, ev, received_at).await,
         Message::Ack(ack) => {
-            // Command acks: the commands feature (A2) applies them here through
-            // `crate::link::commands::on_ack(conn, gw, ack, ts)`; until it lands an ack is
-            // recorded in gateway_messages (deduplicated) and logged.
-            tracing::debug!(gateway = %ctx.gateway_id, cmd = %ack.cmd, result = ack.result.as_str(), "command ack");
-            Ok(())
+            crate::link::commands::on_ack(conn, ctx.gateway_id, ack, ms(env.ts)).await
         }
         // verify_one refuses commands before they get here.
         Message::Cmd(_) => Ok(()),
