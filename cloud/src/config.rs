@@ -924,6 +924,37 @@ mod tests {
     }
 
     #[test]
+    fn master_key_comes_from_the_environment_only() {
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let c = Config::load_from(None, env(&[("DMR_MASTER_KEY", key)])).unwrap();
+        assert_eq!(c.keys.master_key.unwrap().expose(), &[1u8; 32]);
+        assert!(
+            !format!(
+                "{:?}",
+                Config::load_from(None, env(&[("DMR_MASTER_KEY", key)])).unwrap()
+            )
+            .contains(key)
+        );
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.keys.master_key.is_none());
+        let err = Config::load_from(None, env(&[("DMR_MASTER_KEY", "c2hvcnQ=")])).unwrap_err();
+        assert_eq!(err.0[0].path, "keys.master_key");
+        assert!(
+            err.0[0].message.contains("openssl rand -base64 32"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[keys]\nmaster_key = \"{key}\"\n")).unwrap();
+        let err = Config::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("only from the environment"),
+            "{err}"
+        );
+        assert!(unknown_env_keys(env(&[("DMR_MASTER_KEY", key)])).is_empty());
+    }
+
+    #[test]
     fn mqtt_section_parses_and_collects_every_error() {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(

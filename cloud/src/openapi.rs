@@ -367,6 +367,7 @@ pub fn spec() -> Value {
         "Gateway": { "type": "object", "properties": {
             "id": s("string"), "merchant_id": s("string"), "venue_id": s("string"), "name": s("string"),
             "status": { "enum": ["pending", "enrolled", "retired"] }, "public_key": ns, "enrolled_at": ni, "last_seen_at": ni,
+            "online": s("boolean"), "agent_version": ns, "outbox_pending": ni, "outbox_oldest_age_s": ni,
             "created_at": s("integer"), "updated_at": s("integer") } },
         "CreateGateway": obj(json!({ "venue_id": s("string"), "name": s("string") }), &["venue_id", "name"]),
         "UpdateGateway": obj(json!({ "venue_id": s("string"), "name": s("string") }), &[]),

@@ -85,6 +85,10 @@ pub async fn create(
         last_seen_at: None,
         created_at: now,
         updated_at: now,
+        online: 0,
+        agent_version: None,
+        outbox_pending: None,
+        outbox_oldest_age_s: None,
     };
     store::insert(&state.db, &g).await?;
     Ok((StatusCode::CREATED, Json(g)))

@@ -7,7 +7,8 @@ use crate::http::list::{Page, Paging, Sql, fetch_page, like_pattern};
 use crate::rbac::Scope;
 
 const COLUMNS: &str = "id, merchant_id, venue_id, name, status, public_key, enrolled_at, \
-                       last_seen_at, created_at, updated_at";
+                       last_seen_at, created_at, updated_at, online, agent_version, \
+                       outbox_pending, outbox_oldest_age_s";
 
 fn scoped(sql: &mut Sql, scope: &Scope) {
     if let Some(m) = scope.merchant() {

@@ -15,6 +15,18 @@ pub struct Gateway {
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the gateway's last `state`/heartbeat said (the gateway link keeps it).
+    #[serde(serialize_with = "int_as_bool")]
+    pub online: i64,
+    pub agent_version: Option<String>,
+    /// Events waiting in the gateway's outbox, from its newest heartbeat.
+    pub outbox_pending: Option<i64>,
+    pub outbox_oldest_age_s: Option<i64>,
+}
+
+/// Flags are BIGINT 0/1 in the database (portable SQL) and booleans in JSON.
+fn int_as_bool<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(*v != 0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,4 +53,8 @@ pub const PROTECTED: &[&str] = &[
     "public_key",
     "enrolled_at",
     "last_seen_at",
+    "online",
+    "agent_version",
+    "outbox_pending",
+    "outbox_oldest_age_s",
 ];

@@ -334,28 +334,46 @@ impl Ingest {
         let mut outcomes = Vec::with_capacity(raw.len());
         let mut applied_kinds: Vec<&'static str> = Vec::new();
         let mut tx = self.db.pool.begin().await?;
+        // Phase 1: claim every message id, in sorted order. Two batches that share ids (the
+        // same outbox drained by HTTP while MQTT redelivers) then take the unique-index
+        // entries in the same order, so on PostgreSQL one waits for the other instead of
+        // deadlocking; neither holds a gateway or lock row yet.
+        let mut ids: Vec<(Uuid, &Envelope)> = verified
+            .iter()
+            .filter_map(|v| v.as_ref().ok())
+            .map(|e| (e.id, e))
+            .collect();
+        ids.sort_by_key(|(id, _)| *id);
+        ids.dedup_by_key(|(id, _)| *id);
+        let mut fresh = std::collections::HashSet::new();
+        for (id, env) in &ids {
+            let won = sqlx::query(
+                "INSERT INTO gateway_messages (id, gateway_id, type, ts, via, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id.to_string())
+            .bind(gw.to_string())
+            .bind(env.message.message_type().as_str())
+            .bind(ms(env.ts))
+            .bind(via.as_str())
+            .bind(received_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if won {
+                fresh.insert(*id);
+            }
+        }
+        // Phase 2: apply the new ones in the order they were sent.
         for v in &verified {
             match v {
                 Err(reason) => outcomes.push(Outcome::Rejected(reason.clone())),
                 Ok(env) => {
-                    let kind = env.message.message_type().as_str();
-                    let fresh = sqlx::query(
-                        "INSERT INTO gateway_messages (id, gateway_id, type, ts, via, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(env.id.to_string())
-                    .bind(gw.to_string())
-                    .bind(kind)
-                    .bind(ms(env.ts))
-                    .bind(via.as_str())
-                    .bind(received_at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if fresh {
+                    // `remove`: a second copy of an id in the same batch is a duplicate.
+                    if fresh.remove(&env.id) {
                         apply(&mut tx, &ctx, env, received_at).await?;
-                        applied_kinds.push(kind);
+                        applied_kinds.push(env.message.message_type().as_str());
                         outcomes.push(Outcome::Applied);
                     } else {
                         outcomes.push(Outcome::Duplicate);

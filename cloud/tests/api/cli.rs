@@ -276,3 +276,66 @@ fn serve_starts_answers_and_stops_on_sigterm() {
         "{rest:?}"
     );
 }
+
+/// `keys`: new-master prints a usable key; without DMR_MASTER_KEY rotate exits 78 naming
+/// how to make one; with it, rotate and list work and list shows both keys.
+#[test]
+fn keys_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let out = clean_env(&mut Command::new(BIN))
+        .args(["keys", "new-master"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let master = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        dmr_cloud::config::parse_master_key(&master).is_ok(),
+        "{master}"
+    );
+
+    let out = clean_env(&mut Command::new(BIN))
+        .args(["keys", "rotate"])
+        .env("DMR_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keys.master_key") && err.contains("openssl rand -base64 32"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("k.db").exists(),
+        "nothing opened before the check"
+    );
+
+    let run = |args: &[&str], key: &str| {
+        clean_env(&mut Command::new(BIN))
+            .args(args)
+            .env("DMR_DATABASE_URL", &url)
+            .env("DMR_MASTER_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["keys", "rotate", "--overlap-hours", "1"], &master);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("key 2 is now active"));
+    let out = run(&["keys", "list"], &master);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains("2\tactive") && listed.contains("1\tretiring"),
+        "{listed}"
+    );
+    // Another master key cannot open them.
+    let out = run(
+        &["keys", "list"],
+        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DMR_MASTER_KEY"));
+}

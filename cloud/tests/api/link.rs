@@ -15,6 +15,8 @@ on_every_backend!(
     live_stream_is_tenant_scoped,
     alarms_are_listed_per_tenant_and_acknowledged,
     gateway_bad_input_gets_the_error_body,
+    overlapping_batches_race_and_apply_once,
+    prune_job_removes_old_nonces_and_ids,
 );
 
 mod scenarios {
@@ -575,6 +577,10 @@ mod scenarios {
             scalar_int(&app, "SELECT online FROM gateways WHERE id = $1", &g).await,
             Some(1)
         );
+        let (_, gv) = app.get(&format!("/api/v1/gateways/{g}"), &w.a.owner).await;
+        assert_eq!(gv["online"], true, "{gv}");
+        assert_eq!(gv["outbox_pending"], 3);
+        assert_eq!(gv["agent_version"], "test");
         let (_, metrics) = app.call(Method::GET, "/metrics", None, None).await;
         let text = metrics.as_str().unwrap();
         assert!(text.contains("dmr_locks_online 1"), "{text}");
@@ -752,7 +758,15 @@ mod scenarios {
             .send(&app)
             .await;
         let (_, p) = verify_sync(&body, &trusted);
-        assert_eq!(p["tokens"]["put"], json!(["DMR1.one", "DMR1.two"]));
+        // Both live tokens, not the expired one (two queued in the same ms come in id order).
+        let mut put: Vec<&str> = p["tokens"]["put"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        put.sort_unstable();
+        assert_eq!(put, vec!["DMR1.one", "DMR1.two"]);
         assert_eq!(p["revocations"]["version"], v1);
         assert_eq!(p["revocations"]["token_ids"], json!([revoked]));
         let cursor = p["tokens"]["cursor"].as_str().unwrap().to_string();
@@ -1138,8 +1152,9 @@ mod scenarios {
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         let big = "x".repeat(2 << 20);
-        let resp = app
-            .client
+        // Its own client: the server closes a connection whose oversize body it did not
+        // read, and a pooled connection reused afterwards would fail the next request.
+        let resp = reqwest::Client::new()
             .post(app.url_of("/api/v1/gateway/enroll"))
             .header("content-type", "application/json")
             .body(format!("{{\"code\":\"{big}\"}}"))
@@ -1170,6 +1185,131 @@ mod scenarios {
         let (s, _, b) = send(huge).send(&app).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
         assert!(b.contains("payload_too_large"));
+        app.stop().await;
+    }
+
+    pub async fn overlapping_batches_race_and_apply_once(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let gw = enroll(&app, &w.a.owner, &w.a.venue_id, Some(&w.a.gateway_id)).await;
+        let lock = Uuid::parse_str(&w.a.lock_id).unwrap();
+        let t = now_ms();
+        let msgs: Vec<String> = (0..40)
+            .map(|i| {
+                let at = u64::try_from(t + i).unwrap();
+                let m = if i % 2 == 0 {
+                    heartbeat(vec![lock_status(
+                        &w.a.lock_id,
+                        1,
+                        true,
+                        i % 4 == 0,
+                        "1.0.0",
+                    )])
+                } else {
+                    Message::Event(Event::Door(DoorEvent {
+                        lock_id: lock,
+                        door: DoorChange::Opened,
+                        at,
+                    }))
+                };
+                signed(gw.id, &gw.key, t + i, m).1
+            })
+            .collect();
+        let mut reversed = msgs.clone();
+        reversed.reverse();
+        // The same messages by "MQTT" and by HTTP at once, in opposite orders, three times.
+        let mut tasks = Vec::new();
+        for batch in [msgs.clone(), reversed.clone(), msgs.clone()] {
+            let ingest = app.state.ingest.clone();
+            let id = gw.id;
+            tasks.push(tokio::spawn(async move {
+                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                ingest.submit(id, Via::Mqtt, &refs).await
+            }));
+        }
+        let (s, b) = post_events(&app, &gw, &reversed).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let mut applied = b["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == "applied")
+            .count();
+        for t in tasks {
+            let out = t.await.unwrap().expect("no batch fails (no deadlock)");
+            applied += out.iter().filter(|o| **o == Outcome::Applied).count();
+        }
+        assert_eq!(
+            applied, 40,
+            "every message applied exactly once across the racing batches"
+        );
+        let n = scalar_int(
+            &app,
+            "SELECT COUNT(*) FROM gateway_events WHERE gateway_id = $1",
+            &gw.id.to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 20);
+        assert_eq!(
+            scalar_int(
+                &app,
+                "SELECT last_heartbeat_at FROM locks WHERE id = $1",
+                &w.a.lock_id
+            )
+            .await,
+            Some(t + 38),
+            "the newest heartbeat is the one that stays"
+        );
+        app.stop().await;
+    }
+
+    pub async fn prune_job_removes_old_nonces_and_ids(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let gw = enroll(&app, &w.a.owner, &w.a.venue_id, None).await;
+        let r = SignedReq::new(&gw, Method::GET, "/api/v1/gateway/sync", vec![]);
+        assert_eq!(r.send(&app).await.0, StatusCode::OK);
+        let (_, m) = signed(
+            gw.id,
+            &gw.key,
+            now_ms(),
+            Message::State(GatewayState { online: true }),
+        );
+        app.state
+            .ingest
+            .submit(gw.id, Via::Mqtt, &[&m])
+            .await
+            .unwrap();
+        let count = |sql: &'static str| {
+            let pool = app.state.db.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        // Within the windows nothing goes.
+        let p = dmr_cloud::link::gwauth::prune_once(&app.state, now_ms())
+            .await
+            .unwrap();
+        assert_eq!((p.nonces, p.messages), (0, 0));
+        assert_eq!(count("SELECT COUNT(*) FROM gateway_nonces").await, 1);
+        // Eleven minutes later the nonce is gone (the request is stale by then anyway);
+        // message ids stay for 30 days.
+        let later = now_ms() + 11 * 60_000;
+        let p = dmr_cloud::link::gwauth::prune_once(&app.state, later)
+            .await
+            .unwrap();
+        assert_eq!(p.nonces, 1);
+        assert_eq!(p.messages, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM gateway_messages").await, 1);
+        let p = dmr_cloud::link::gwauth::prune_once(&app.state, now_ms() + 31 * 86_400_000)
+            .await
+            .unwrap();
+        assert_eq!(p.messages, 1);
+        assert!(p.live_changes >= 1);
         app.stop().await;
     }
 }
