@@ -199,6 +199,14 @@ pub fn ensure_key(path: &Path) -> Result<(SigningKey, bool), EnrollError> {
             .map(|k| (k, false))
             .map_err(err);
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| {
+            err(dmr_protocol::keys::KeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+    }
     let key = dmr_protocol::keys::generate();
     dmr_protocol::keys::save_signing_key(path, &key).map_err(err)?;
     Ok((key, true))

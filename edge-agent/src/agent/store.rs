@@ -604,7 +604,8 @@ impl Db {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, topic, jws FROM outbox WHERE created_ms < ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![before_ms as i64, limit as i64], |r| {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![before, limit as i64], |r| {
             Ok(OutRow {
                 seq: r.get(0)?,
                 topic: topic_from(&r.get::<_, String>(1)?),
