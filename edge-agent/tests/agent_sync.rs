@@ -229,7 +229,7 @@ fn door_or_alarm(i: u64, base: u64) -> Event {
     } else {
         Event::Door(DoorEvent {
             lock_id: lock,
-            door: if i % 2 == 0 {
+            door: if i.is_multiple_of(2) {
                 DoorChange::Opened
             } else {
                 DoorChange::Closed
