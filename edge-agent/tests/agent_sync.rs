@@ -131,7 +131,8 @@ async fn enroll_saves_the_answer_and_run_config_uses_it_403_and_cloud_down_are_c
     assert_eq!(c.gateway_id, GW);
     assert!(c.enrolled);
     assert_eq!(c.cloud_url.as_deref(), Some(cloud.url().as_str()));
-    assert_eq!(c.trusted_keys.len(), 1);
+    assert!(c.trusted_keys.is_empty());
+    assert_eq!(c.enrolled_keys.len(), 1);
     let m = c.mqtt.as_ref().unwrap();
     assert_eq!((m.host.as_str(), m.port), ("127.0.0.1", 18830));
     assert_eq!(m.username.as_deref(), Some(format!("gw:{GW}").as_str()));
@@ -594,6 +595,50 @@ async fn revocations_and_config_versions_only_move_forward_and_the_beacon_never_
         ResultCode::Ok
     );
     assert_eq!(sync_failures(&running), 0);
+
+    // Key rotation: the cloud's list replaces the keys it manages; the file's key 1 stays.
+    let k2 = signing_key_from_seed([0x22; 32]);
+    let k3 = signing_key_from_seed([0x33; 32]);
+    let key_json = |id: u32, k: &dmr_protocol::keys::SigningKey| json!({"key_id": id, "public_key": public_b64u(&k.verifying_key()), "not_after_ms": null});
+    cloud.set_plan(SyncPlan {
+        trusted_keys: vec![key_json(1, &cloud_key()), key_json(2, &k2)],
+        ..SyncPlan::default()
+    });
+    pull_now(&cloud, &running).await;
+    let by2 = token_with(lock_id(1), 1, now_s() - 60, now_s() + 3600, 2, &k2);
+    let by3 = token_with(lock_id(1), 1, now_s() - 60, now_s() + 3600, 3, &k3);
+    assert_eq!(
+        running
+            .unlocker
+            .present(&by2.to_text(), Presenter::Lan)
+            .await
+            .result,
+        ResultCode::Ok
+    );
+    cloud.set_plan(SyncPlan {
+        trusted_keys: vec![key_json(3, &k3)],
+        ..SyncPlan::default()
+    });
+    pull_now(&cloud, &running).await;
+    let keys = running.store.call(|db| db.trusted_keys()).await.unwrap();
+    assert_eq!(keys.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    let by2b = token_with(lock_id(1), 1, now_s() - 60, now_s() + 3600, 2, &k2);
+    assert_eq!(
+        running
+            .unlocker
+            .present(&by2b.to_text(), Presenter::Lan)
+            .await
+            .result,
+        ResultCode::UnknownKey
+    );
+    assert_eq!(
+        running
+            .unlocker
+            .present(&by3.to_text(), Presenter::Lan)
+            .await
+            .result,
+        ResultCode::Ok
+    );
     running.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -12,7 +12,10 @@
 //! `dmr-agent enroll`, see [`super::enroll`]) and merges it in, the file and environment
 //! winning wherever they say something:
 //! - `gateway_id`: the enrollment's; a configured one must be the same gateway.
-//! - `trusted_keys`: the union; a key id present in both uses the configured key.
+//! - `trusted_keys`: the file's keys are always trusted; the enrollment's are kept apart
+//!   ([`AgentConfig::enrolled_keys`]) because they are the cloud's to retire: they seed the
+//!   store's cloud-managed keys until the first sync replaces them (a key id in both uses
+//!   the file's key).
 //! - `[mqtt]`: `url`, `username` and `password` each come from the configuration when set
 //!   there, else from the enrollment; without `[mqtt]` the enrollment's credentials are used
 //!   with default link settings.
@@ -130,6 +133,8 @@ pub struct AgentConfig {
     pub cloud_url: Option<String>,
     /// Cloud signing keys by key id (may be empty until enrollment).
     pub trusted_keys: BTreeMap<u32, VerifyingKey>,
+    /// Cloud keys from `enrollment.json` (not in `trusted_keys`); the HTTP sync manages them.
+    pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub token_skew_s: u64,
     pub heartbeat_interval: Duration,
     pub poll_interval: Duration,
@@ -471,7 +476,8 @@ impl Checker {
             self.int(&mut s, "sync_drain_after_s", 1, 86_400)
                 .unwrap_or(60) as u64,
         );
-        let mut trusted_keys = self.trusted_keys(&mut s);
+        let trusted_keys = self.trusted_keys(&mut s);
+        let mut enrolled_keys = BTreeMap::new();
         let mqtt_creds = enrolled.as_ref().map(|e| &e.mqtt);
         let mqtt = match self.sub(&mut s, "mqtt") {
             Some(m) => self.mqtt(m, gateway_id, mqtt_creds),
@@ -499,7 +505,7 @@ impl Checker {
                 }
                 match parse_public_b64u(&k.public_key) {
                     Ok(key) => {
-                        trusted_keys.insert(k.key_id, key);
+                        enrolled_keys.insert(k.key_id, key);
                     }
                     Err(err) => self.err(
                         "enrollment.trusted_keys",
@@ -524,6 +530,7 @@ impl Checker {
             state_dir,
             cloud_url,
             trusted_keys,
+            enrolled_keys,
             token_skew_s,
             heartbeat_interval,
             poll_interval,

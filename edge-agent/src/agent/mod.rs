@@ -108,6 +108,7 @@ pub async fn start(
             skew_s: cfg.token_skew_s,
             locks: locks.clone(),
             trusted_keys: cfg.trusted_keys.clone(),
+            enrolled_keys: cfg.enrolled_keys.clone(),
             max_db_pages: cfg.max_db_pages,
         },
         clock.clone(),

@@ -175,6 +175,8 @@ pub struct StoreConfig {
     pub skew_s: u64,
     pub locks: Vec<(Uuid, LockPlace)>,
     pub trusted_keys: BTreeMap<u32, VerifyingKey>,
+    /// Cloud keys from the enrollment: stored as cloud-managed until the first sync.
+    pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub max_db_pages: Option<u64>,
 }
 
@@ -434,7 +436,7 @@ impl Db {
             dead: 0,
             stop: false,
         };
-        db.sync_config(&cfg.locks, &cfg.trusted_keys)?;
+        db.sync_config(&cfg.locks, &cfg.trusted_keys, &cfg.enrolled_keys)?;
         db.pending = db
             .conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))?
@@ -455,8 +457,21 @@ impl Db {
         &mut self,
         locks: &[(Uuid, LockPlace)],
         keys: &BTreeMap<u32, VerifyingKey>,
+        enrolled: &BTreeMap<u32, VerifyingKey>,
     ) -> Result<(), StoreError> {
+        // Once a sync has set the cloud's key list, the enrollment's copy is history: adding
+        // it back at every start would resurrect keys the cloud has retired.
+        let synced = self.text_setting("cloud_keys_synced")?.is_some();
         let tx = self.conn.transaction()?;
+        if !synced {
+            for (id, k) in enrolled {
+                tx.execute(
+                    "INSERT INTO trusted_keys (key_id, public_key, source) VALUES (?1, ?2, 'cloud')
+                     ON CONFLICT(key_id) DO NOTHING",
+                    params![id, &k.as_bytes()[..]],
+                )?;
+            }
+        }
         tx.execute("DELETE FROM locks", [])?;
         for (id, p) in locks {
             tx.execute(
@@ -551,6 +566,11 @@ impl Db {
                 &format!(
                     "DELETE FROM trusted_keys WHERE source = 'cloud' AND key_id NOT IN ({keep})"
                 ),
+                [],
+            )?;
+            tx.execute(
+                "INSERT INTO text_settings (name, value) VALUES ('cloud_keys_synced', '1')
+                 ON CONFLICT(name) DO NOTHING",
                 [],
             )?;
         }

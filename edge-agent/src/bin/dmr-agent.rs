@@ -179,7 +179,7 @@ fn main() -> ExitCode {
                     c.gateway_id,
                     c.buses.len(),
                     c.buses.iter().map(|b| b.locks.len()).sum::<usize>(),
-                    c.trusted_keys.len()
+                    c.trusted_keys.len() + c.enrolled_keys.len()
                 );
                 ExitCode::SUCCESS
             }
