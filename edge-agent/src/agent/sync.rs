@@ -594,7 +594,20 @@ pub async fn run(deps: SyncDeps, shutdown: CancellationToken) -> anyhow::Result<
             } else {
                 u64::MAX
             };
-            let oldest = deps.store.call(|db| db.outbox_stats()).await??.oldest_ms;
+            // A store that cannot answer is the store's fault to report, not a reason to
+            // stop syncing: skip this round.
+            let oldest = match deps.store.call(|db| db.outbox_stats()).await {
+                Ok(Ok(s)) => s.oldest_ms,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the outbox backlog");
+                    None
+                }
+                Err(_) if shutdown.is_cancelled() => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store not answering");
+                    None
+                }
+            };
             if oldest.is_some_and(|o| o < before_ms) {
                 match client.drain(before_ms, &shutdown).await {
                     Ok(r) => {
