@@ -692,7 +692,9 @@ async fn mqtt_and_http_both_delivering_the_same_event_is_harmless() {
         .unwrap();
     assert_eq!(pending as i64, count_rows);
 
-    // End to end: both links down while a backlog builds, then both back at once.
+    // End to end: both links down while a backlog builds, then both back at once, with the
+    // cloud slow to answer the HTTP drain so the MQTT link publishes (and deletes) the same
+    // rows while the HTTP call is in flight.
     wait_for(10, "MQTT up", || running.health.cloud_up()).await;
     broker.stop();
     cloud
@@ -710,31 +712,57 @@ async fn mqtt_and_http_both_delivering_the_same_event_is_harmless() {
         })
         .await
         .unwrap();
-    broker.start_again();
+    cloud
+        .state
+        .events_delay_ms
+        .store(3000, std::sync::atomic::Ordering::SeqCst);
+    let calls = cloud
+        .state
+        .events_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
     cloud
         .state
         .up
         .store(true, std::sync::atomic::Ordering::SeqCst);
     running.sync_now.notify_one();
+    // The HTTP drain has the rows in flight (answer delayed); now the broker comes back.
+    wait_for(20, "an HTTP drain call in flight", || {
+        cloud
+            .state
+            .events_calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > calls
+    })
+    .await;
+    broker.start_again();
     wait_until_async(Duration::from_secs(60), "outbox empty", || async {
         count(&running, "SELECT COUNT(*) FROM outbox").await == 0
     })
     .await;
-    let via_mqtt: HashSet<Uuid> = obs.on(TopicKind::Event).iter().map(|e| e.id).collect();
-    let via_http: HashSet<Uuid> = cloud
-        .state
-        .deliveries
-        .lock()
-        .unwrap()
-        .keys()
-        .copied()
-        .collect();
-    for id in &ids {
-        assert!(
-            via_mqtt.contains(id) || via_http.contains(id),
-            "event {id} lost"
-        );
-    }
+    let seen = || {
+        let via_mqtt: HashSet<Uuid> = obs.on(TopicKind::Event).iter().map(|e| e.id).collect();
+        let via_http: HashSet<Uuid> = cloud
+            .state
+            .deliveries
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        (via_mqtt, via_http)
+    };
+    // Rows leave the outbox on the first acknowledgement; the slow HTTP answer and the
+    // observer's copies arrive a little later. Every event must turn up (a timeout = lost).
+    wait_for(30, "every event at the cloud over MQTT or HTTP", || {
+        let (m, h) = seen();
+        ids.iter().all(|id| m.contains(id) || h.contains(id))
+    })
+    .await;
+    wait_for(30, "the slow HTTP call to be answered", || {
+        !seen().1.is_empty()
+    })
+    .await;
+    let (via_mqtt, via_http) = seen();
     let stats = running
         .store
         .call(|db| db.outbox_stats())
@@ -764,11 +792,19 @@ async fn mqtt_and_http_both_delivering_the_same_event_is_harmless() {
         .unwrap()
         .unwrap();
     assert_eq!(stats.pending, 0);
+    let both = ids
+        .iter()
+        .filter(|i| via_mqtt.contains(i) && via_http.contains(i))
+        .count();
     eprintln!(
-        "dual delivery: {} via MQTT, {} via HTTP, of {}",
+        "dual delivery: {} via MQTT, {} via HTTP, {both} by both, of {}",
         ids.iter().filter(|i| via_mqtt.contains(i)).count(),
         ids.iter().filter(|i| via_http.contains(i)).count(),
         ids.len()
+    );
+    assert!(
+        both > 0,
+        "the test did not make both links deliver the same event"
     );
     running.shutdown(Duration::from_secs(5)).await;
 }

@@ -72,6 +72,8 @@ pub struct CloudState {
     pub gw_key: Mutex<Option<VerifyingKey>>,
     pub signer: (u32, SigningKey),
     pub up: AtomicBool,
+    /// Delay before answering an events call, ms (to let the MQTT path overtake HTTP).
+    pub events_delay_ms: AtomicU64,
     nonces: Mutex<HashSet<String>>,
     /// Messages applied, in arrival order.
     pub applied: Mutex<Vec<Envelope>>,
@@ -126,6 +128,7 @@ impl FakeCloud {
             gw_key: Mutex::new(gw_key),
             signer,
             up: AtomicBool::new(true),
+            events_delay_ms: AtomicU64::new(0),
             nonces: Mutex::new(HashSet::new()),
             applied: Mutex::new(Vec::new()),
             deliveries: Mutex::new(HashMap::new()),
@@ -303,6 +306,10 @@ async fn events(
         return refuse(&st, reason);
     }
     st.events_calls.fetch_add(1, Ordering::SeqCst);
+    let delay = st.events_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
