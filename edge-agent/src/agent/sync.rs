@@ -20,6 +20,7 @@
 //!   moves the trusted-time anchor forward only. Tokens, revocations and settings go through
 //!   the very functions the MQTT commands use ([`super::commands`]); trusted keys are
 //!   replaced by the cloud's list; the token cursor is persisted after the tokens it covers.
+//!   An answer that carried tokens is followed by another pull at once (the cloud pages them).
 //!
 //! Failures back off exponentially (1 s doubling up to the sync interval) and are counted.
 
@@ -576,7 +577,13 @@ pub async fn run(deps: SyncDeps, shutdown: CancellationToken) -> anyhow::Result<
                 Ok(r) => {
                     tracing::debug!(tokens = r.tokens_put, revocations = ?r.revocations, config = ?r.config, keys = r.keys, "sync pulled");
                     pull_backoff = min_backoff;
-                    next_pull = tokio::time::Instant::now() + deps.interval;
+                    // The cloud pages tokens (1,000 per answer): an answer that carried some
+                    // may have left more behind the cursor, so ask again on the next tick.
+                    next_pull = if r.tokens_put > 0 {
+                        tokio::time::Instant::now()
+                    } else {
+                        tokio::time::Instant::now() + deps.interval
+                    };
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_s = pull_backoff.as_secs(), "sync pull failed");
