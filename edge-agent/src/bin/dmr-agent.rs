@@ -71,7 +71,8 @@ fn load_config(path: &Path) -> Result<config::AgentConfig, ExitCode> {
     })
 }
 
-/// The configuration for `keygen` and `enroll`: the gateway id may not be known yet.
+/// The configuration for `keygen`, `enroll` and `status`: the gateway id may not be known
+/// yet, and enrollment.json is not read.
 fn load_enroll_config(path: &Path) -> Result<config::AgentConfig, ExitCode> {
     config::load_for_enroll(Some(path), std::env::vars()).map_err(|e| {
         eprintln!("dmr-agent: {}: {e}", path.display());
@@ -213,7 +214,9 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { config, json } => {
-            let c = match load_config(&config) {
+            // Status needs only the status address and the state directory; it must work for
+            // an operator who cannot read the agent's 0600 enrollment.json.
+            let c = match load_enroll_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
