@@ -808,3 +808,56 @@ async fn mqtt_and_http_both_delivering_the_same_event_is_harmless() {
     );
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_keys_seed_the_store_until_a_sync_replaces_them_and_never_come_back() {
+    use agent::clock::{SystemClock, TrustedClock};
+    use agent::store::{LockPlace, Store, StoreConfig};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let k5 = signing_key_from_seed([0x55; 32]).verifying_key();
+    let k6 = signing_key_from_seed([0x66; 32]).verifying_key();
+    let open = |enrolled: Vec<(u32, dmr_protocol::keys::VerifyingKey)>| {
+        Store::open(
+            StoreConfig {
+                path: dir.path().join("agent.db"),
+                gateway_id: GW,
+                key: gw_key(),
+                skew_s: 120,
+                locks: vec![(lock_id(1), LockPlace { bus: 0, addr: 1 })],
+                trusted_keys: [(CLOUD_KEY_ID, cloud_key().verifying_key())].into(),
+                enrolled_keys: enrolled.into_iter().collect(),
+                max_db_pages: None,
+            },
+            Arc::new(TrustedClock::new(SystemClock, None)),
+        )
+        .unwrap()
+    };
+    let ids = |s: Store| async move {
+        let v: Vec<u32> = s
+            .call(|db| db.trusted_keys().keys().copied().collect())
+            .await
+            .unwrap();
+        s.close().await.unwrap();
+        v
+    };
+    // First start: the file's key 1 and the enrollment's key 5.
+    let (s, t) = open(vec![(5, k5)]);
+    assert_eq!(ids(s.clone()).await, vec![1, 5]);
+    drop(s);
+    t.join().unwrap();
+    // A sync retires key 5 in favour of key 6.
+    let (s, t) = open(vec![(5, k5)]);
+    s.call(move |db| db.set_cloud_keys(&[(6, k6, None)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(s.clone()).await, vec![1, 6]);
+    drop(s);
+    t.join().unwrap();
+    // Restarting with the same enrollment.json does not bring key 5 back.
+    let (s, t) = open(vec![(5, k5)]);
+    assert_eq!(ids(s.clone()).await, vec![1, 6]);
+    drop(s);
+    t.join().unwrap();
+}
