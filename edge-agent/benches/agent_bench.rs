@@ -135,6 +135,7 @@ async fn latency() {
 fn open_store(dir: &std::path::Path) -> (Store, std::thread::JoinHandle<()>) {
     Store::open(
         StoreConfig {
+            enrolled_keys: Default::default(),
             path: dir.join("agent.db"),
             gateway_id: GW,
             key: gw_key(),

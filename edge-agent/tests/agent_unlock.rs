@@ -79,6 +79,7 @@ async fn every_refusal_has_its_code_and_the_latch_never_moves() {
         unlocker: running.unlocker.clone(),
         kick,
         heartbeat: hb,
+        sync_now: Arc::new(tokio::sync::Notify::new()),
     };
     let (_, revoke) = command(Command::TokensRevoke {
         token_ids: vec![revoked.claims().token_id],
@@ -177,6 +178,7 @@ async fn cached_tokens_open_by_short_code_and_revocations_are_versioned() {
         unlocker: running.unlocker.clone(),
         kick: Arc::new(tokio::sync::Notify::new()),
         heartbeat: hb,
+        sync_now: Arc::new(tokio::sync::Notify::new()),
     };
     let a = token(lock_id(1), 2);
     let b = token(lock_id(1), 1);
@@ -378,6 +380,7 @@ async fn a_clock_stepping_back_does_not_revive_an_expired_token() {
         unlocker: running.unlocker.clone(),
         kick: Arc::new(tokio::sync::Notify::new()),
         heartbeat: hb,
+        sync_now: Arc::new(tokio::sync::Notify::new()),
     };
     assert_eq!(
         commands::handle(&deps, command(Command::Sync {}).1).await,

@@ -5,7 +5,9 @@
 //! not seen before (QoS 1 redelivers). Its `ts` moves the trusted-time anchor. Then:
 //! `unlock` goes through the one unlock path; `tokens.put`, `tokens.revoke` and `config.set`
 //! change state idempotently (re-applying the same version changes nothing); `sync` asks the
-//! link to republish the outbox now (HTTP sync with the cloud is not built yet). Every opened
+//! link to republish the outbox now and the HTTP sync ([`super::sync`]) to pull now. The
+//! HTTP sync applies what it pulls through the same [`put_tokens`], [`revoke`] and
+//! [`config_set`] functions, so both ways in behave the same. Every opened
 //! command is answered on the ack topic; the ack goes through the outbox like any event, so
 //! it survives a broken link. A message that does not verify gets no ack: its id cannot be
 //! trusted, and answering forgeries would let a broker make us talk.
@@ -28,6 +30,8 @@ pub struct CommandDeps {
     pub unlocker: Unlocker,
     pub kick: Arc<Notify>,
     pub heartbeat: watch::Sender<Duration>,
+    /// Wakes the HTTP sync for an immediate pull.
+    pub sync_now: Arc<Notify>,
 }
 
 /// Handles commands until the channel closes or `shutdown`.
@@ -77,60 +81,12 @@ pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
     let op = cmd.op();
     let result = match cmd.clone() {
         Command::Unlock { token } => deps.unlocker.present(&token, Presenter::Cloud).await.result,
-        Command::TokensPut { tokens } => {
-            match deps.store.call(move |db| db.put_tokens(&tokens)).await {
-                Ok(Ok((stored, bad))) => {
-                    if bad > 0 {
-                        tracing::warn!(
-                            stored,
-                            bad,
-                            "tokens.put carried entries that are not tokens"
-                        );
-                    }
-                    if stored == 0 && bad > 0 {
-                        ResultCode::BadCommand
-                    } else {
-                        ResultCode::Ok
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot cache tokens");
-                    ResultCode::StorageError
-                }
-                Err(_) => ResultCode::StorageError,
-            }
-        }
-        Command::TokensRevoke { token_ids, version } => {
-            match deps
-                .store
-                .call(move |db| db.revoke(&token_ids, version))
-                .await
-            {
-                Ok(Ok(code)) => code,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot store revocations");
-                    ResultCode::StorageError
-                }
-                Err(_) => ResultCode::StorageError,
-            }
-        }
-        Command::ConfigSet(cs) => match deps.store.call(move |db| db.config_set(&cs)).await {
-            Ok(Ok(applied)) => {
-                if let Some(h) = applied.config.and_then(|c| c.heartbeat_interval_s) {
-                    let _ = deps
-                        .heartbeat
-                        .send(Duration::from_secs(u64::from(h.max(1))));
-                }
-                applied.result
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot store settings");
-                ResultCode::StorageError
-            }
-            Err(_) => ResultCode::StorageError,
-        },
+        Command::TokensPut { tokens } => put_tokens(deps, tokens).await,
+        Command::TokensRevoke { token_ids, version } => revoke(deps, token_ids, version).await,
+        Command::ConfigSet(cs) => config_set(deps, cs).await,
         Command::Sync {} => {
             deps.kick.notify_one();
+            deps.sync_now.notify_one();
             ResultCode::Ok
         }
     };
@@ -150,4 +106,64 @@ pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
     }
     tracing::info!(op, cmd = %env.id, result = result.as_str(), "command applied");
     Some(result)
+}
+
+/// Caches pushed tokens (`tokens.put`, or the `tokens.put` list of a sync pull).
+pub async fn put_tokens(deps: &CommandDeps, tokens: Vec<String>) -> ResultCode {
+    match deps.store.call(move |db| db.put_tokens(&tokens)).await {
+        Ok(Ok((stored, bad))) => {
+            if bad > 0 {
+                tracing::warn!(
+                    stored,
+                    bad,
+                    "tokens.put carried entries that are not tokens"
+                );
+            }
+            if stored == 0 && bad > 0 {
+                ResultCode::BadCommand
+            } else {
+                ResultCode::Ok
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot cache tokens");
+            ResultCode::StorageError
+        }
+        Err(_) => ResultCode::StorageError,
+    }
+}
+
+/// Applies a versioned revocation list (older than the one held: `stale`, no change).
+pub async fn revoke(deps: &CommandDeps, token_ids: Vec<uuid::Uuid>, version: u64) -> ResultCode {
+    match deps
+        .store
+        .call(move |db| db.revoke(&token_ids, version))
+        .await
+    {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store revocations");
+            ResultCode::StorageError
+        }
+        Err(_) => ResultCode::StorageError,
+    }
+}
+
+/// Applies versioned runtime settings and retimes the heartbeat if it changed.
+pub async fn config_set(deps: &CommandDeps, cs: dmr_protocol::message::ConfigSet) -> ResultCode {
+    match deps.store.call(move |db| db.config_set(&cs)).await {
+        Ok(Ok(applied)) => {
+            if let Some(h) = applied.config.and_then(|c| c.heartbeat_interval_s) {
+                let _ = deps
+                    .heartbeat
+                    .send(Duration::from_secs(u64::from(h.max(1))));
+            }
+            applied.result
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store settings");
+            ResultCode::StorageError
+        }
+        Err(_) => ResultCode::StorageError,
+    }
 }

@@ -7,6 +7,23 @@
 //! a serial device or the database: the caller exits with status 78 (EX_CONFIG) on
 //! [`ConfigErrors`] before starting anything. Secrets (the MQTT password) are wrapped in
 //! [`Secret`] so no `Debug` or log line can print them.
+//!
+//! [`load`] also reads `enrollment.json` from the state directory (written by
+//! `dmr-agent enroll`, see [`super::enroll`]) and merges it in, the file and environment
+//! winning wherever they say something:
+//! - `gateway_id`: the enrollment's; a configured one must be the same gateway.
+//! - `trusted_keys`: the file's keys are always trusted; the enrollment's are kept apart
+//!   ([`AgentConfig::enrolled_keys`]) because they are the cloud's to retire: they seed the
+//!   store's cloud-managed keys until the first sync replaces them (a key id in both uses
+//!   the file's key).
+//! - `[mqtt]`: `url`, `username` and `password` each come from the configuration when set
+//!   there, else from the enrollment; without `[mqtt]` the enrollment's credentials are used
+//!   with default link settings.
+//! - `cloud_url`: the configured one, else the enrollment's `sync_url`.
+//! - locks: a configuration that maps any lock explicitly (`[[bus]] locks = [...]`) wins
+//!   and the enrollment's list is ignored; otherwise the enrollment's locks all go on the one
+//!   configured `[[bus]]`. Enrolled locks with zero or several buses and no explicit mapping
+//!   are a configuration error (exit 78): say which lock is on which port.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -15,8 +32,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dmr_protocol::keys::{VerifyingKey, parse_public_b64u};
+use dmr_protocol::message::ConfigSet;
 use toml::{Table, Value};
 use uuid::Uuid;
+
+use super::enroll::Enrollment;
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 pub const EX_CONFIG: u8 = 78;
@@ -113,6 +133,8 @@ pub struct AgentConfig {
     pub cloud_url: Option<String>,
     /// Cloud signing keys by key id (may be empty until enrollment).
     pub trusted_keys: BTreeMap<u32, VerifyingKey>,
+    /// Cloud keys from `enrollment.json` (not in `trusted_keys`); the HTTP sync manages them.
+    pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub token_skew_s: u64,
     pub heartbeat_interval: Duration,
     pub poll_interval: Duration,
@@ -126,6 +148,14 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     pub scanner: Option<ScannerConfig>,
     pub buses: Vec<BusConfig>,
+    /// How often the HTTP sync pulls tokens, revocations, settings and keys.
+    pub sync_interval: Duration,
+    /// With MQTT up, outbox rows older than this are drained over HTTP too.
+    pub sync_drain_after: Duration,
+    /// Whether `enrollment.json` was merged in.
+    pub enrolled: bool,
+    /// The runtime settings the enrollment carried (applied if newer than the stored ones).
+    pub enrolled_config: Option<ConfigSet>,
 }
 
 impl AgentConfig {
@@ -151,6 +181,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DMR_KEY_FILE", "key_file"),
     ("DMR_STATE_DIR", "state_dir"),
     ("DMR_CLOUD_URL", "cloud_url"),
+    ("DMR_SYNC_INTERVAL_S", "sync_interval_s"),
     ("DMR_TOKEN_SKEW_S", "token_skew_s"),
     ("DMR_HEARTBEAT_INTERVAL_S", "heartbeat_interval_s"),
     ("DMR_MAX_DB_PAGES", "max_db_pages"),
@@ -161,11 +192,27 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DMR_STATUS_LISTEN", "http.status_listen"),
 ];
 
-/// Loads `path` (if given), applies the environment `env`, validates.
+/// Loads `path` (if given), applies the environment `env`, merges `enrollment.json` from the
+/// state directory if there is one, validates.
 pub fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<AgentConfig, ConfigErrors> {
+    let text = read(path)?;
+    parse_with(&text, env, true, super::enroll::load)
+}
+
+/// Like [`load`] for `dmr-agent enroll`: the gateway id and lock mapping may still be
+/// missing (enrollment is what provides them).
+pub fn load_for_enroll(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<AgentConfig, ConfigErrors> {
+    let text = read(path)?;
+    parse_with(&text, env, false, |_| Ok(None))
+}
+
+fn read(path: Option<&Path>) -> Result<String, ConfigErrors> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
             ConfigErrors(vec![format!(
@@ -175,13 +222,24 @@ pub fn load(
         })?,
         None => String::new(),
     };
-    parse(&text, env)
+    Ok(text)
 }
 
-/// Parses TOML text, applies the environment `env`, validates.
+/// Parses TOML text, applies the environment `env`, validates (no enrollment file).
 pub fn parse(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
+) -> Result<AgentConfig, ConfigErrors> {
+    parse_with(text, env, true, |_| Ok(None))
+}
+
+/// Parses TOML text, applies `env`, merges the enrollment `enrollment(state_dir)` returns,
+/// validates. `need_identity`: a missing gateway id is an error (false only for enroll).
+pub fn parse_with(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    need_identity: bool,
+    enrollment: impl FnOnce(&Path) -> Result<Option<Enrollment>, String>,
 ) -> Result<AgentConfig, ConfigErrors> {
     let mut table: Table = text
         .parse()
@@ -192,8 +250,11 @@ pub fn parse(
             set_path(&mut table, key, Value::String(v.clone()));
         }
     }
-    let mut c = Checker::default();
-    let cfg = c.agent(&table);
+    let mut c = Checker {
+        errors: Vec::new(),
+        need_identity,
+    };
+    let cfg = c.agent(&table, enrollment);
     match cfg {
         Some(cfg) if c.errors.is_empty() => Ok(cfg),
         _ => Err(ConfigErrors(c.errors)),
@@ -216,9 +277,9 @@ fn set_path(table: &mut Table, path: &str, v: Value) {
     }
 }
 
-#[derive(Default)]
 struct Checker {
     errors: Vec<String>,
+    need_identity: bool,
 }
 
 /// Reads typed fields out of one table, remembering which keys were consumed so the rest
@@ -331,25 +392,56 @@ impl Checker {
         }
     }
 
-    fn agent(&mut self, root: &Table) -> Option<AgentConfig> {
+    fn agent(
+        &mut self,
+        root: &Table,
+        enrollment: impl FnOnce(&Path) -> Result<Option<Enrollment>, String>,
+    ) -> Option<AgentConfig> {
         let mut s = Section {
             path: String::new(),
             table: root,
             seen: HashSet::new(),
         };
-        let gateway_id = self.uuid(&mut s, "gateway_id");
-        if gateway_id.is_none() && !root.contains_key("gateway_id") {
-            self.err("gateway_id", "required (the gateway's UUID)");
-        }
         let state_dir = self
             .string(&mut s, "state_dir")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/lib/dmr-agent"));
+        let enrolled = match enrollment(&state_dir) {
+            Ok(e) => e,
+            Err(msg) => {
+                self.err("enrollment", msg);
+                None
+            }
+        };
+        let mut gateway_id = self.uuid(&mut s, "gateway_id");
+        match (&enrolled, gateway_id) {
+            (Some(e), Some(g)) if e.gateway_id != g => self.err(
+                "gateway_id",
+                format!(
+                    "{g} is configured but enrollment.json is for gateway {}; remove gateway_id from the file (the enrollment provides it) or enroll again",
+                    e.gateway_id
+                ),
+            ),
+            (Some(e), None) if !root.contains_key("gateway_id") => gateway_id = Some(e.gateway_id),
+            (None, None) if !root.contains_key("gateway_id") => {
+                if self.need_identity {
+                    self.err(
+                        "gateway_id",
+                        "required (the gateway's UUID), or run `dmr-agent enroll` to get one",
+                    );
+                } else {
+                    gateway_id = Some(Uuid::nil());
+                }
+            }
+            _ => {}
+        }
         let key_file = self
             .string(&mut s, "key_file")
             .map(PathBuf::from)
             .unwrap_or_else(|| state_dir.join("gateway.key"));
-        let cloud_url = self.string(&mut s, "cloud_url");
+        let cloud_url = self
+            .string(&mut s, "cloud_url")
+            .or_else(|| enrolled.as_ref().map(|e| e.sync_url.clone()));
         if let Some(u) = &cloud_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
@@ -377,20 +469,68 @@ impl Checker {
         let max_db_pages = self
             .int(&mut s, "max_db_pages", 64, i64::MAX)
             .map(|v| v as u64);
+        let sync_interval = Duration::from_secs(
+            self.int(&mut s, "sync_interval_s", 5, 86_400).unwrap_or(60) as u64,
+        );
+        let sync_drain_after = Duration::from_secs(
+            self.int(&mut s, "sync_drain_after_s", 1, 86_400)
+                .unwrap_or(60) as u64,
+        );
         let trusted_keys = self.trusted_keys(&mut s);
-        let mqtt = self
-            .sub(&mut s, "mqtt")
-            .and_then(|m| self.mqtt(m, gateway_id));
+        let mut enrolled_keys = BTreeMap::new();
+        let mqtt_creds = enrolled.as_ref().map(|e| &e.mqtt);
+        let mqtt = match self.sub(&mut s, "mqtt") {
+            Some(m) => self.mqtt(m, gateway_id, mqtt_creds),
+            None => match mqtt_creds {
+                Some(creds) => {
+                    let empty = Table::new();
+                    let m = Section {
+                        path: "mqtt".into(),
+                        table: &empty,
+                        seen: HashSet::new(),
+                    };
+                    self.mqtt(m, gateway_id, Some(creds))
+                }
+                None => None,
+            },
+        };
         let http = self.http(&mut s);
         let scanner = self.sub(&mut s, "scanner").and_then(|sc| self.scanner(sc));
-        let buses = self.buses(&mut s);
+        let mut buses = self.buses(&mut s);
         self.finish(s);
+        if let Some(e) = &enrolled {
+            for k in &e.trusted_keys {
+                if trusted_keys.contains_key(&k.key_id) {
+                    continue;
+                }
+                match parse_public_b64u(&k.public_key) {
+                    Ok(key) => {
+                        enrolled_keys.insert(k.key_id, key);
+                    }
+                    Err(err) => self.err(
+                        "enrollment.trusted_keys",
+                        format!("key {}: {err}", k.key_id),
+                    ),
+                }
+            }
+            self.enrolled_locks(e, &mut buses);
+        }
+        let enrolled_config =
+            enrolled
+                .as_ref()
+                .and_then(|e| e.config.as_ref())
+                .map(|c| ConfigSet {
+                    version: c.version,
+                    heartbeat_interval_s: c.heartbeat_interval_s,
+                    token_skew_s: c.token_skew_s,
+                });
         Some(AgentConfig {
             gateway_id: gateway_id?,
             key_file,
             state_dir,
             cloud_url,
             trusted_keys,
+            enrolled_keys,
             token_skew_s,
             heartbeat_interval,
             poll_interval,
@@ -401,7 +541,58 @@ impl Checker {
             http,
             scanner,
             buses,
+            sync_interval,
+            sync_drain_after,
+            enrolled: enrolled.is_some(),
+            enrolled_config,
         })
+    }
+
+    /// The lock rule (see the module doc): explicit mapping wins, else the single bus.
+    fn enrolled_locks(&mut self, e: &Enrollment, buses: &mut [BusConfig]) {
+        if e.locks.is_empty() || buses.iter().any(|b| !b.locks.is_empty()) {
+            return;
+        }
+        match buses {
+            [one] => {
+                let mut addrs = HashSet::new();
+                for l in &e.locks {
+                    let Ok(addr) = u8::try_from(l.addr) else {
+                        self.err(
+                            "enrollment.locks",
+                            format!("lock {} has address {} (1..=247)", l.lock_id, l.addr),
+                        );
+                        continue;
+                    };
+                    if !addrs.insert(addr) {
+                        self.err(
+                            "enrollment.locks",
+                            format!("address {addr} is used by two enrolled locks; fix the lock addresses in the console"),
+                        );
+                        continue;
+                    }
+                    one.locks.push(LockEntry {
+                        addr,
+                        lock_id: l.lock_id,
+                    });
+                }
+            }
+            [] => self.err(
+                "bus",
+                format!(
+                    "enrollment.json lists {} lock(s) but no [[bus]] is configured; add the RS-485 port as [[bus]] port = \"/dev/ttyUSB0\"",
+                    e.locks.len()
+                ),
+            ),
+            many => self.err(
+                "bus",
+                format!(
+                    "enrollment.json lists {} lock(s) and {} [[bus]] ports are configured; say which lock is on which port with [[bus]] locks = [{{ addr = N, lock_id = \"...\" }}]",
+                    e.locks.len(),
+                    many.len()
+                ),
+            ),
+        }
     }
 
     fn trusted_keys(&mut self, s: &mut Section<'_>) -> BTreeMap<u32, VerifyingKey> {
@@ -434,13 +625,28 @@ impl Checker {
         out
     }
 
-    fn mqtt(&mut self, mut m: Section<'_>, gw: Option<Uuid>) -> Option<MqttConfig> {
-        let url = self.string(&mut m, "url");
+    fn mqtt(
+        &mut self,
+        mut m: Section<'_>,
+        gw: Option<Uuid>,
+        enrolled: Option<&super::enroll::MqttCredentials>,
+    ) -> Option<MqttConfig> {
+        let url = self
+            .string(&mut m, "url")
+            .or_else(|| enrolled.map(|c| c.url.clone()));
         if url.is_none() {
-            self.err(&join(&m.path, "url"), "required when [mqtt] is present");
+            self.err(
+                &join(&m.path, "url"),
+                "required when [mqtt] is present (or run `dmr-agent enroll`)",
+            );
         }
-        let username = self.string(&mut m, "username");
-        let password = self.string(&mut m, "password").map(Secret::new);
+        let username = self
+            .string(&mut m, "username")
+            .or_else(|| enrolled.map(|c| c.username.clone()));
+        let password = self
+            .string(&mut m, "password")
+            .or_else(|| enrolled.map(|c| c.password.clone()))
+            .map(Secret::new);
         let ca_file = self.string(&mut m, "ca_file").map(PathBuf::from);
         let client_id = self.string(&mut m, "client_id");
         let keep_alive = self.int(&mut m, "keep_alive_s", 5, 3600).unwrap_or(30) as u64;

@@ -28,6 +28,16 @@ struct Cloud {
     last_error: Option<String>,
 }
 
+/// The HTTP sync's record (see [`super::sync`]).
+#[derive(Debug, Default, Clone)]
+struct SyncHealth {
+    last_ok_ms: Option<u64>,
+    failures: u64,
+    last_error: Option<String>,
+    drained: u64,
+    dead_lettered: u64,
+}
+
 #[derive(Debug, Clone)]
 struct LockHealth {
     bus: usize,
@@ -55,6 +65,7 @@ pub struct Health {
     cloud: Mutex<Cloud>,
     locks: Mutex<BTreeMap<Uuid, LockHealth>>,
     counters: Mutex<Counters>,
+    sync: Mutex<SyncHealth>,
 }
 
 /// One lock in the status snapshot.
@@ -84,6 +95,15 @@ pub struct StatusReport {
     pub cloud_last_error: Option<String>,
     pub outbox_pending: u64,
     pub outbox_oldest_age_s: Option<u64>,
+    /// Events the cloud rejected, kept in the dead-letter table.
+    pub outbox_dead_letters: u64,
+    /// Last successful HTTP sync pull (trusted Unix ms).
+    pub sync_last_ok_ms: Option<u64>,
+    /// Failed HTTP sync calls (pull or drain) since start.
+    pub sync_failures: u64,
+    pub sync_last_error: Option<String>,
+    /// Events delivered over HTTP (applied or duplicate) since start.
+    pub sync_events_drained: u64,
     pub locks: Vec<LockReport>,
     pub unlocks: BTreeMap<String, u64>,
 }
@@ -123,6 +143,7 @@ impl Health {
                     .collect(),
             ),
             counters: Mutex::new(Counters::default()),
+            sync: Mutex::new(SyncHealth::default()),
         }
     }
 
@@ -144,6 +165,29 @@ impl Health {
         if let Ok(mut c) = self.cloud.lock() {
             c.up = false;
             c.last_error = Some(why.chars().take(300).collect());
+        }
+    }
+
+    /// A sync pull was verified and applied.
+    pub fn sync_ok(&self, now_ms: u64) {
+        if let Ok(mut s) = self.sync.lock() {
+            s.last_ok_ms = Some(now_ms);
+        }
+    }
+
+    /// A sync call failed (network, HTTP status, or a response that did not verify).
+    pub fn sync_failed(&self, why: &str) {
+        if let Ok(mut s) = self.sync.lock() {
+            s.failures += 1;
+            s.last_error = Some(why.chars().take(300).collect());
+        }
+    }
+
+    /// Outbox rows the HTTP drain delivered and dead-lettered.
+    pub fn sync_drained(&self, delivered: u64, dead: u64) {
+        if let Ok(mut s) = self.sync.lock() {
+            s.drained += delivered;
+            s.dead_lettered += dead;
         }
     }
 
@@ -283,6 +327,7 @@ impl Health {
                     .collect()
             })
             .unwrap_or_default();
+        let sync = self.sync.lock().map(|s| s.clone()).unwrap_or_default();
         StatusReport {
             gateway_id: self.gateway_id,
             uptime_s: self.uptime_s(),
@@ -291,6 +336,11 @@ impl Health {
             cloud_last_error: last_error,
             outbox_pending: outbox.pending,
             outbox_oldest_age_s: outbox.oldest_ms.map(|o| now_ms.saturating_sub(o) / 1000),
+            outbox_dead_letters: outbox.dead_letters,
+            sync_last_ok_ms: sync.last_ok_ms,
+            sync_failures: sync.failures,
+            sync_last_error: sync.last_error,
+            sync_events_drained: sync.drained,
             locks,
             unlocks,
         }
@@ -318,6 +368,21 @@ impl Health {
             o,
             "# HELP dmr_agent_outbox_oldest_age_seconds Age of the oldest waiting event (0 when empty).\n# TYPE dmr_agent_outbox_oldest_age_seconds gauge\ndmr_agent_outbox_oldest_age_seconds {}",
             s.outbox_oldest_age_s.unwrap_or(0)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_outbox_dead_letters Events the cloud rejected, kept in the dead-letter table.\n# TYPE dmr_agent_outbox_dead_letters gauge\ndmr_agent_outbox_dead_letters {}",
+            s.outbox_dead_letters
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_sync_failures_total Failed HTTP sync calls since start.\n# TYPE dmr_agent_sync_failures_total counter\ndmr_agent_sync_failures_total {}",
+            s.sync_failures
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_sync_events_drained_total Events delivered over HTTP since start.\n# TYPE dmr_agent_sync_events_drained_total counter\ndmr_agent_sync_events_drained_total {}",
+            s.sync_events_drained
         );
         let _ = writeln!(
             o,

@@ -156,7 +156,7 @@ fn build(deps: &LinkDeps) -> anyhow::Result<(AsyncClient, EventLoop)> {
 /// binary is built together with crates that enable rustls' `ring` as well as `aws-lc-rs`
 /// (a workspace build does), rustls cannot pick one and panics at the first TLS connect;
 /// naming the provider once removes the ambiguity. Installing twice is harmless.
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 

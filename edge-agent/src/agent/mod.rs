@@ -8,6 +8,8 @@
 //! - [`unlock`]: the one verify → record → drive path; presenters are [`commands`] (MQTT
 //!   `cmd unlock`), [`http`] (venue LAN) and [`scanner`] (QR scanner UART).
 //! - [`link`]: the MQTT link (outbox publishing, heartbeats, retained state, Last Will).
+//! - [`sync`]: the signed HTTP sync (outbox drain when MQTT cannot, pull of tokens,
+//!   revocations, settings, keys and the time beacon); [`enroll`]: `dmr-agent enroll`.
 //! - [`monitor`]: polls lock state into door/alarm events; [`health`]: the derived health
 //!   signals behind `/status`, `/metrics` and heartbeats.
 //! - [`locks`]: the port trait over the Modbus bus driver.
@@ -19,6 +21,7 @@
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod enroll;
 pub mod health;
 pub mod http;
 pub mod link;
@@ -26,6 +29,7 @@ pub mod locks;
 pub mod monitor;
 pub mod scanner;
 pub mod store;
+pub mod sync;
 pub mod unlock;
 
 use std::net::SocketAddr;
@@ -59,6 +63,8 @@ pub struct Running {
     pub status_addr: SocketAddr,
     /// Wakes the outbox publisher.
     pub kick: Arc<Notify>,
+    /// Wakes the HTTP sync for an immediate pull and drain.
+    pub sync_now: Arc<Notify>,
     shutdown: CancellationToken,
     tasks: JoinSet<TaskResult>,
     store_thread: Option<std::thread::JoinHandle<()>>,
@@ -102,6 +108,7 @@ pub async fn start(
             skew_s: cfg.token_skew_s,
             locks: locks.clone(),
             trusted_keys: cfg.trusted_keys.clone(),
+            enrolled_keys: cfg.enrolled_keys.clone(),
             max_db_pages: cfg.max_db_pages,
         },
         clock.clone(),
@@ -113,6 +120,13 @@ pub async fn start(
         .context("store thread")??
     {
         clock.observe_cloud_ms(anchor);
+    }
+    if let Some(cs) = cfg.enrolled_config.clone() {
+        // Versioned: a newer setting already received from the cloud is kept.
+        store
+            .call(move |db| db.config_set(&cs))
+            .await
+            .context("store thread")??;
     }
     let hb_override = store
         .call(|db| db.heartbeat_override_s())
@@ -136,6 +150,7 @@ pub async fn start(
         cfg.unlock_timeout,
     );
     let kick = Arc::new(Notify::new());
+    let sync_now = Arc::new(Notify::new());
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
@@ -174,15 +189,38 @@ pub async fn start(
     }
     let (hb_tx, hb_rx) = watch::channel(heartbeat);
     let (cmd_tx, cmd_rx) = mpsc::channel(link::CMD_QUEUE);
+    let cmd_deps = commands::CommandDeps {
+        store: store.clone(),
+        unlocker: unlocker.clone(),
+        kick: kick.clone(),
+        heartbeat: hb_tx,
+        sync_now: sync_now.clone(),
+    };
     {
-        let deps = commands::CommandDeps {
-            store: store.clone(),
-            unlocker: unlocker.clone(),
-            kick: kick.clone(),
-            heartbeat: hb_tx,
-        };
+        let deps = cmd_deps.clone();
         let sd = shutdown.clone();
         tasks.spawn(async move { ("commands", commands::run(deps, cmd_rx, sd).await) });
+    }
+    if let Some(url) = cfg.cloud_url.clone() {
+        let deps = sync::SyncDeps {
+            base_url: url,
+            gw: cfg.gateway_id,
+            key: key.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            health: health.clone(),
+            commands: cmd_deps,
+            interval: cfg.sync_interval,
+            drain_after: cfg.sync_drain_after,
+            sync_now: sync_now.clone(),
+            mqtt_configured: cfg.mqtt.is_some(),
+            locks: locks.iter().map(|(id, p)| (*id, p.addr)).collect(),
+        };
+        let sd = shutdown.clone();
+        tasks.spawn(async move { ("http-sync", sync::run(deps, sd).await) });
+    } else {
+        tracing::warn!("no cloud_url configured: no HTTP sync (events go over MQTT only)");
+        drop(cmd_deps);
     }
     if let Some(m) = cfg.mqtt.clone() {
         let deps = link::LinkDeps {
@@ -243,6 +281,7 @@ pub async fn start(
         lan_addr,
         status_addr,
         kick,
+        sync_now,
         shutdown,
         tasks,
         store_thread: Some(store_thread),

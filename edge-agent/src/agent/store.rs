@@ -92,6 +92,26 @@ CREATE TABLE time_anchor (
     cloud_ms INTEGER NOT NULL
 );
 "#,
+    // 2: HTTP sync. Outbox rows the cloud rejected are kept (never silently dropped) in
+    // dead_letters with the cloud's reason; the token cursor is an opaque text; a cloud key
+    // learnt from the cloud may carry the end of its rotation overlap.
+    r#"
+CREATE TABLE dead_letters (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    lock_id TEXT,
+    created_ms INTEGER NOT NULL,
+    jws TEXT NOT NULL,
+    error TEXT NOT NULL,
+    dead_ms INTEGER NOT NULL
+);
+CREATE TABLE text_settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE trusted_keys ADD COLUMN not_after_ms INTEGER;
+"#,
 ];
 
 /// Store failures.
@@ -155,6 +175,8 @@ pub struct StoreConfig {
     pub skew_s: u64,
     pub locks: Vec<(Uuid, LockPlace)>,
     pub trusted_keys: BTreeMap<u32, VerifyingKey>,
+    /// Cloud keys from the enrollment: stored as cloud-managed until the first sync.
+    pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub max_db_pages: Option<u64>,
 }
 
@@ -223,6 +245,25 @@ pub struct OutboxStats {
     pub pending: u64,
     /// Created time of the oldest row, Unix ms.
     pub oldest_ms: Option<u64>,
+    /// Rows the cloud rejected, kept in `dead_letters`.
+    pub dead_letters: u64,
+}
+
+/// The cloud's verdict on one drained outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Applied or duplicate: the cloud has it; delete the row.
+    Delivered(i64),
+    /// Rejected: move the row to `dead_letters` with the reason.
+    Rejected(i64, String),
+}
+
+/// What the HTTP sync sends back with a pull, and the versions it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncPosition {
+    pub tokens_after: Option<String>,
+    pub revocations_version: u64,
+    pub config_version: u64,
 }
 
 /// Result of applying a verified command's state change.
@@ -296,8 +337,11 @@ pub struct Db {
     clock: Arc<TrustedClock>,
     skew_s: u64,
     keys: BTreeMap<u32, VerifyingKey>,
+    /// End of the rotation overlap of keys that have one (Unix ms, trusted time).
+    key_not_after: BTreeMap<u32, u64>,
     locks: HashMap<Uuid, LockPlace>,
     pending: u64,
+    dead: u64,
     stop: bool,
 }
 
@@ -317,6 +361,11 @@ struct View<'a> {
 
 impl GatewayView for View<'_> {
     fn trusted_key(&self, key_id: u32) -> Option<&VerifyingKey> {
+        if let Some(na) = self.db.key_not_after.get(&key_id)
+            && self.db.clock.now_ms() > *na
+        {
+            return None;
+        }
         self.db.keys.get(&key_id)
     }
     fn owns_lock(&self, lock_id: &Uuid) -> bool {
@@ -381,15 +430,22 @@ impl Db {
             clock,
             skew_s: cfg.skew_s,
             keys: BTreeMap::new(),
+            key_not_after: BTreeMap::new(),
             locks: cfg.locks.iter().copied().collect(),
             pending: 0,
+            dead: 0,
             stop: false,
         };
-        db.sync_config(&cfg.locks, &cfg.trusted_keys)?;
+        db.sync_config(&cfg.locks, &cfg.trusted_keys, &cfg.enrolled_keys)?;
         db.pending = db
             .conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))?
             as u64;
+        db.dead = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64;
         if let Some(skew) = db.setting("token_skew_s")? {
             db.skew_s = skew as u64;
         }
@@ -401,8 +457,21 @@ impl Db {
         &mut self,
         locks: &[(Uuid, LockPlace)],
         keys: &BTreeMap<u32, VerifyingKey>,
+        enrolled: &BTreeMap<u32, VerifyingKey>,
     ) -> Result<(), StoreError> {
+        // Once a sync has set the cloud's key list, the enrollment's copy is history: adding
+        // it back at every start would resurrect keys the cloud has retired.
+        let synced = self.text_setting("cloud_keys_synced")?.is_some();
         let tx = self.conn.transaction()?;
+        if !synced {
+            for (id, k) in enrolled {
+                tx.execute(
+                    "INSERT INTO trusted_keys (key_id, public_key, source) VALUES (?1, ?2, 'cloud')
+                     ON CONFLICT(key_id) DO NOTHING",
+                    params![id, &k.as_bytes()[..]],
+                )?;
+            }
+        }
         tx.execute("DELETE FROM locks", [])?;
         for (id, p) in locks {
             tx.execute(
@@ -418,13 +487,27 @@ impl Db {
             )?;
         }
         tx.commit()?;
+        self.load_keys()
+    }
+
+    fn load_keys(&mut self) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key_id, public_key FROM trusted_keys")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            .prepare("SELECT key_id, public_key, not_after_ms FROM trusted_keys")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
         let mut loaded = BTreeMap::new();
+        let mut not_after = BTreeMap::new();
         for row in rows {
-            let (id, raw) = row?;
+            let (id, raw, na) = row?;
+            if let Some(na) = na {
+                not_after.insert(id, na as u64);
+            }
             let key = <[u8; 32]>::try_from(raw.as_slice())
                 .ok()
                 .and_then(|b| VerifyingKey::from_bytes(&b).ok());
@@ -440,7 +523,145 @@ impl Db {
         }
         drop(stmt);
         self.keys = loaded;
+        self.key_not_after = not_after;
         Ok(())
+    }
+
+    /// The trusted cloud keys (those past their overlap included; callers check).
+    pub fn trusted_keys(&self) -> BTreeMap<u32, VerifyingKey> {
+        let now = self.clock.now_ms();
+        self.keys
+            .iter()
+            .filter(|(id, _)| self.key_not_after.get(id).is_none_or(|na| now <= *na))
+            .map(|(id, k)| (*id, *k))
+            .collect()
+    }
+
+    /// Replaces the keys learnt from the cloud with `keys` (the cloud's full current list,
+    /// from a response signed by a key already trusted). Keys from the configuration file
+    /// stay. An empty list changes nothing: a gateway must never be left trusting no key.
+    pub fn set_cloud_keys(
+        &mut self,
+        keys: &[(u32, VerifyingKey, Option<u64>)],
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut keep = String::new();
+            let mut up = tx.prepare_cached(
+                "INSERT INTO trusted_keys (key_id, public_key, source, not_after_ms) VALUES (?1, ?2, 'cloud', ?3)
+                 ON CONFLICT(key_id) DO UPDATE SET public_key = excluded.public_key, not_after_ms = excluded.not_after_ms",
+            )?;
+            for (id, k, na) in keys {
+                up.execute(params![id, &k.as_bytes()[..], na.map(|v| v as i64)])?;
+                if !keep.is_empty() {
+                    keep.push(',');
+                }
+                keep.push_str(&id.to_string());
+            }
+            // Ids are u32 formatted by us: no injection possible.
+            tx.execute(
+                &format!(
+                    "DELETE FROM trusted_keys WHERE source = 'cloud' AND key_id NOT IN ({keep})"
+                ),
+                [],
+            )?;
+            tx.execute(
+                "INSERT INTO text_settings (name, value) VALUES ('cloud_keys_synced', '1')
+                 ON CONFLICT(name) DO NOTHING",
+                [],
+            )?;
+        }
+        tx.commit()?;
+        self.load_keys()
+    }
+
+    /// Moves the trusted-time anchor forward to a verified cloud `ts` (and persists it).
+    /// Returns whether it moved.
+    pub fn observe_cloud_time(&mut self, ts: u64) -> Result<bool, StoreError> {
+        if !self.clock.observe_cloud_ms(ts) {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO time_anchor (id, cloud_ms) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET cloud_ms = MAX(cloud_ms, excluded.cloud_ms)",
+            params![ts as i64],
+        )?;
+        Ok(true)
+    }
+
+    fn text_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM text_settings WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Where the HTTP sync stands: token cursor and the versions held.
+    pub fn sync_position(&self) -> Result<SyncPosition, StoreError> {
+        Ok(SyncPosition {
+            tokens_after: self.text_setting("tokens_cursor")?,
+            revocations_version: self.setting("revocation_version")?.unwrap_or(0) as u64,
+            config_version: self.setting("config_version")?.unwrap_or(0) as u64,
+        })
+    }
+
+    /// Persists the token cursor (after the tokens it covers are cached).
+    pub fn set_tokens_cursor(&mut self, cursor: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO text_settings (name, value) VALUES ('tokens_cursor', ?1)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![cursor],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` outbox rows created before `before_ms`, oldest first (the HTTP drain).
+    pub fn outbox_older(&self, before_ms: u64, limit: usize) -> Result<Vec<OutRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, topic, jws FROM outbox WHERE created_ms < ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![before, limit as i64], |r| {
+            Ok(OutRow {
+                seq: r.get(0)?,
+                topic: topic_from(&r.get::<_, String>(1)?),
+                jws: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Applies the cloud's verdicts in one transaction: delivered rows are deleted, rejected
+    /// ones moved to `dead_letters`. Rows already gone (the MQTT link's PUBACK got there
+    /// first) are skipped, so delivering a row twice is harmless. Returns (deleted, dead).
+    pub fn outbox_resolve(&mut self, verdicts: &[Delivery]) -> Result<(u64, u64), StoreError> {
+        let now = self.clock.now_ms() as i64;
+        let tx = self.conn.transaction()?;
+        let (mut removed, mut dead) = (0u64, 0u64);
+        {
+            let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            let mut bury = tx.prepare_cached(
+                "INSERT OR IGNORE INTO dead_letters (seq, id, topic, lock_id, created_ms, jws, error, dead_ms)
+                 SELECT seq, id, topic, lock_id, created_ms, jws, ?2, ?3 FROM outbox WHERE seq = ?1",
+            )?;
+            for v in verdicts {
+                match v {
+                    Delivery::Delivered(seq) => removed += del.execute(params![seq])? as u64,
+                    Delivery::Rejected(seq, why) => {
+                        dead += bury.execute(params![seq, why, now])? as u64;
+                        removed += del.execute(params![seq])? as u64;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        self.pending = self.pending.saturating_sub(removed);
+        self.dead += dead;
+        Ok((removed, dead))
     }
 
     fn setting(&self, name: &str) -> Result<Option<i64>, StoreError> {
@@ -750,6 +971,7 @@ impl Db {
         Ok(OutboxStats {
             pending: self.pending,
             oldest_ms: oldest.map(|v| v as u64),
+            dead_letters: self.dead,
         })
     }
 
@@ -777,15 +999,7 @@ impl Db {
         if fresh == 0 {
             return Ok(None);
         }
-        if self.clock.observe_cloud_ms(env.ts) {
-            self.conn
-                .execute(
-                    "INSERT INTO time_anchor (id, cloud_ms) VALUES (1, ?1)
-                     ON CONFLICT(id) DO UPDATE SET cloud_ms = MAX(cloud_ms, excluded.cloud_ms)",
-                    params![env.ts as i64],
-                )
-                .map_err(StoreError::from)?;
-        }
+        self.observe_cloud_time(env.ts)?;
         Ok(Some(env))
     }
 
@@ -958,9 +1172,13 @@ pub fn read_outbox_stats(path: &Path) -> Result<OutboxStats, StoreError> {
             |r| r.get(0),
         )
         .optional()?;
+    let dead: i64 = conn
+        .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))
+        .unwrap_or(0);
     Ok(OutboxStats {
         pending: pending as u64,
         oldest_ms: oldest.map(|v| v as u64),
+        dead_letters: dead as u64,
     })
 }
 

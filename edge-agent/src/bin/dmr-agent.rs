@@ -47,6 +47,21 @@ enum Cmd {
         #[arg(long, short, env = "DMR_CONFIG", default_value = "/etc/dmr/agent.toml")]
         config: PathBuf,
     },
+    /// Enroll with the cloud using a one-time code: creates the gateway key if needed and
+    /// saves the cloud's answer (identity, keys, MQTT credentials, locks) in the state dir.
+    Enroll {
+        #[arg(long, short, env = "DMR_CONFIG", default_value = "/etc/dmr/agent.toml")]
+        config: PathBuf,
+        /// Cloud API base URL, e.g. https://cloud.example.com
+        #[arg(long)]
+        cloud: String,
+        /// The enrollment code shown in the console (e.g. ABCDE-FGHJK).
+        #[arg(long)]
+        code: String,
+        /// A name for this gateway in the console.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 fn load_config(path: &Path) -> Result<config::AgentConfig, ExitCode> {
@@ -54,6 +69,92 @@ fn load_config(path: &Path) -> Result<config::AgentConfig, ExitCode> {
         eprintln!("dmr-agent: {}: {e}", path.display());
         ExitCode::from(config::EX_CONFIG)
     })
+}
+
+/// The configuration for `keygen`, `enroll` and `status`: the gateway id may not be known
+/// yet, and enrollment.json is not read.
+fn load_enroll_config(path: &Path) -> Result<config::AgentConfig, ExitCode> {
+    config::load_for_enroll(Some(path), std::env::vars()).map_err(|e| {
+        eprintln!("dmr-agent: {}: {e}", path.display());
+        ExitCode::from(config::EX_CONFIG)
+    })
+}
+
+fn enroll(config_path: &Path, cloud: &str, code: &str, name: Option<&str>) -> ExitCode {
+    use agent::enroll as en;
+    let c = match load_enroll_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !(cloud.starts_with("http://") || cloud.starts_with("https://")) {
+        eprintln!("dmr-agent enroll: --cloud must be an http(s):// URL, found \"{cloud}\"");
+        return ExitCode::from(64);
+    }
+    let (key, created) = match en::ensure_key(&c.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("dmr-agent enroll: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    if created {
+        println!("created the gateway key {} (0600)", c.key_file.display());
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dmr-agent enroll: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let client =
+            en::http_client(Duration::from_secs(30)).map_err(|e| en::EnrollError::Unreachable {
+                url: cloud.to_string(),
+                reason: e.to_string(),
+            })?;
+        en::enroll(&client, cloud, &key, code, name).await
+    });
+    let e = match result {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("dmr-agent enroll: {err}");
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    match en::save(&c.state_dir, &e) {
+        Ok(path) => {
+            println!(
+                "enrolled as gateway {} ({} lock(s), {} trusted key(s)); saved {} (0600)",
+                e.gateway_id,
+                e.locks.len(),
+                e.trusted_keys.len(),
+                path.display()
+            );
+        }
+        Err(err) => {
+            eprintln!("dmr-agent enroll: {err}");
+            eprintln!("the code is used up; fix the state directory and ask for a new code");
+            return ExitCode::FAILURE;
+        }
+    }
+    if !c.gateway_id.is_nil() && c.gateway_id != e.gateway_id {
+        eprintln!(
+            "warning: {} sets gateway_id = {} but the cloud enrolled this box as {}; remove gateway_id from the file before `dmr-agent run`",
+            config_path.display(),
+            c.gateway_id,
+            e.gateway_id
+        );
+    }
+    if let Err(errs) = config::load(Some(config_path), std::env::vars()) {
+        eprintln!("warning: `dmr-agent run` will refuse the configuration as it is: {errs}");
+    } else {
+        println!("start the service: systemctl start dmr-agent");
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_tracing() {
@@ -79,14 +180,20 @@ fn main() -> ExitCode {
                     c.gateway_id,
                     c.buses.len(),
                     c.buses.iter().map(|b| b.locks.len()).sum::<usize>(),
-                    c.trusted_keys.len()
+                    c.trusted_keys.len() + c.enrolled_keys.len()
                 );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
+        Cmd::Enroll {
+            config,
+            cloud,
+            code,
+            name,
+        } => enroll(&config, &cloud, &code, name.as_deref()),
         Cmd::Keygen { config } => {
-            let c = match load_config(&config) {
+            let c = match load_enroll_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -107,7 +214,9 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { config, json } => {
-            let c = match load_config(&config) {
+            // Status needs only the status address and the state directory; it must work for
+            // an operator who cannot read the agent's 0600 enrollment.json.
+            let c = match load_enroll_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -273,6 +382,19 @@ fn status(c: &config::AgentConfig, json: bool) -> ExitCode {
             println!(
                 "outbox       {} pending, oldest {} s",
                 v["outbox_pending"], v["outbox_oldest_age_s"]
+            );
+            println!(
+                "dead letter  {} (events the cloud rejected; see the log)",
+                v["outbox_dead_letters"]
+            );
+            println!(
+                "http sync    last ok {} ms, {} failure(s){}",
+                v["sync_last_ok_ms"],
+                v["sync_failures"],
+                v["sync_last_error"]
+                    .as_str()
+                    .map(|e| format!(", last: {e}"))
+                    .unwrap_or_default()
             );
             if let Some(locks) = v["locks"].as_array() {
                 for l in locks {
