@@ -63,6 +63,9 @@ describe('live change payloads', () => {
     })
     expect(toLiveChange('gateway', '{"gateway_id":"g1","online":true}')?.kind).toBe('gateway')
     expect(toLiveChange('change', '{"kind":"alarm","data":{"alarm_id":"x"}}')).toEqual({ kind: 'alarm', data: { alarm_id: 'x' } })
+    // What link/live.rs sends: the change wrapped with its kind, entity and time.
+    const wrapped = '{"kind":"lock","entity_id":"l2","merchant_id":"m","at":5,"data":{"lock_id":"l2","locked":true}}'
+    expect(toLiveChange('lock', wrapped)).toEqual({ kind: 'lock', data: { lock_id: 'l2', locked: true } })
     expect(toLiveChange('lock', 'not json')).toBeNull()
     expect(toLiveChange('lock', '{"id":"no lock_id"}')).toBeNull()
     expect(toLiveChange('weather', '{}')).toBeNull()
@@ -99,7 +102,7 @@ describe('LiveStream', () => {
   it('sends the bearer token, delivers changes and resumes with Last-Event-ID after the stream ends', async () => {
     vi.useFakeTimers()
     const { fn, calls } = scriptedFetch([
-      () => streamOf('id: 5\nevent: lock\ndata: {"lock_id":"l1","status":"online"}\n\n'),
+      () => streamOf('id: 5\nevent: lock\ndata: {"kind":"lock","entity_id":"l1","data":{"lock_id":"l1","status":"online"}}\n\n'),
       () => streamOf('id: 6\nevent: gateway\ndata: {"gateway_id":"g1","online":false}\n\n'),
     ])
     const seen: LiveChange[] = []

@@ -60,9 +60,9 @@ export interface Alarm {
   created_at: number
 }
 
-export interface AlarmListParams extends ListParams {
-  /** open = not acknowledged and not cleared */
-  state?: 'open' | 'acked' | 'cleared' | ''
+export interface AlarmListParams extends Omit<ListParams, 'q'> {
+  /** 'true': neither acknowledged nor cleared; 'false': the others. */
+  open?: 'true' | 'false' | ''
   kind?: string
   lock_id?: string
   gateway_id?: string
@@ -74,15 +74,22 @@ export interface GatewayCommand {
   op: string
   body?: unknown
   exp_ms?: number
+  lock_id?: string | null
   status: 'sent' | 'acked' | 'expired' | string
   result?: string | null
+  latency_ms?: number | null
+  created_by?: string | null
   created_at: number
   acked_at: number | null
 }
 
+/** link/commands.rs `UnlockSent`. */
 export interface UnlockResult {
   command_id?: string
   id?: string
+  gateway_id?: string
+  token_id?: string
+  exp_ms?: number
   status?: string
 }
 
@@ -94,7 +101,7 @@ export const alarmsApi = {
 export const lockControlApi = {
   /** Staff unlock: the server signs a one-use maintenance token and sends `cmd unlock`. */
   unlock: (id: string, reason?: string) =>
-    api.post<UnlockResult>(`${V1}/locks/${seg(id)}/unlock`, reason ? { reason } : {}),
+    api.post<UnlockResult>(`${V1}/locks/${seg(id)}/unlock`, reason ? { reason } : undefined),
 }
 
 export const gatewayCommandsApi = {
@@ -112,13 +119,14 @@ export function toLiveChange(event: string, data: string): LiveChange | null {
   if (typeof parsed !== 'object' || parsed === null) {
     return null
   }
-  // The server may send `event: change` with {kind, data} or `event: <kind>` with the data.
+  // link/live.rs sends `event: <kind>` with `{kind, entity_id, merchant_id, at, data}`;
+  // a bare payload (`event: lock`, data = the lock change) is accepted too.
   const p = parsed as Record<string, unknown>
   let kind = event
   let body: unknown = p
-  if ((event === 'message' || event === 'change') && typeof p['kind'] === 'string') {
+  if (typeof p['kind'] === 'string' && typeof p['data'] === 'object' && p['data'] !== null) {
     kind = p['kind']
-    body = typeof p['data'] === 'object' && p['data'] !== null ? p['data'] : p
+    body = p['data']
   }
   const b = body as Record<string, unknown>
   switch (kind) {

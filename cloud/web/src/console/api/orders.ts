@@ -161,16 +161,18 @@ export interface OrderListParams extends ListParams {
   to?: number
 }
 
-export interface SettlementListParams extends ListParams {
+/** orders/handlers.rs `DayListQuery` (no search, no sort: newest day first). */
+export interface SettlementListParams {
+  page?: number
+  per_page?: number
   merchant_id?: string
+  /** First day, YYYY-MM-DD, inclusive. */
   from?: string
+  /** Last day, YYYY-MM-DD, inclusive. */
   to?: string
 }
 
-export interface ReportListParams extends ListParams {
-  merchant_id?: string
-  day?: string
-}
+export type ReportListParams = SettlementListParams
 
 /** The detail endpoint may answer `{order, transitions, …}` or the order with the lists inside. */
 export function toOrderDetail(raw: unknown): OrderDetail {
@@ -197,13 +199,12 @@ export const ordersApi = {
 export const settlementsApi = {
   list: (p: SettlementListParams) => api.get<Page<Settlement>>(`${V1}/settlements`, p),
   /** One statement as CSV. */
-  csv: (id: string) => api.download(`${V1}/settlements/${seg(id)}.csv`),
+  csv: (id: string) => api.download(`${V1}/settlements/${seg(id)}/csv`),
 }
 
 export const reconciliationApi = {
   /** Platform admins: the three-way reconciliation reports. */
   list: (p: ReportListParams) => api.get<Page<ReconciliationReport>>(`${V1}/reconciliation/reports`, p),
-  get: (id: string) => api.get<ReconciliationReport>(`${V1}/reconciliation/reports/${seg(id)}`),
 }
 
 export const dashboardApi = {

@@ -102,7 +102,7 @@ const en: typeof zhCN = {
     gateways: 'Gateways',
     locks: 'Locks',
     lockStates: 'Lock states',
-    revenueTrend: 'Revenue and orders, last 30 days',
+    revenueTrend: 'Revenue and orders, last {n} days',
   },
   venues: {
     title: 'Venues',

@@ -101,7 +101,7 @@ export default {
     gateways: '网关数',
     locks: '智能锁数',
     lockStates: '智能锁状态',
-    revenueTrend: '近 30 日收入与订单',
+    revenueTrend: '近 {n} 日收入与订单',
   },
   venues: {
     title: '场地',
