@@ -20,6 +20,11 @@ CLOUD_PORT=$(free_port)
 WEB_PORT=$(free_port)
 export DMR_SERVER_LISTEN=127.0.0.1:$CLOUD_PORT DMR_SERVER_PUBLIC_BASE_URL=http://127.0.0.1:$WEB_PORT \
   DMR_DATABASE_URL="sqlite://$WORK/dmr.db?mode=rwc"
+if [ "${E2E_ORDERS:-}" = 1 ]; then
+  # Short order timers so the no-gateway path (unlock timeout, then the automatic refund
+  # after its grace period) finishes within the walk-through.
+  export DMR_ORDERS_UNLOCK_TIMEOUT_SECS=${DMR_ORDERS_UNLOCK_TIMEOUT_SECS:-10} DMR_ORDERS_REFUND_GRACE_SECS=${DMR_ORDERS_REFUND_GRACE_SECS:-3}
+fi
 PASSWORD="e2e-admin-$RANDOM-$RANDOM"
 echo "$PASSWORD" | "$BIN" admin create-user --username e2e-ops --display-name E2E >/dev/null
 "$BIN" serve >"$WORK/cloud.log" 2>&1 &
