@@ -427,6 +427,11 @@ const en: typeof zhCN = {
       lock_online: 'Lock back online',
     },
   },
+  live: {
+    open: 'Live',
+    retrying: 'Reconnecting…',
+    unavailable: 'No live updates',
+  },
 }
 
 export default en

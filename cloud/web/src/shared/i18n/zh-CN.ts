@@ -426,4 +426,9 @@ export default {
       lock_online: '智能锁恢复在线',
     },
   },
+  live: {
+    open: '实时',
+    retrying: '重新连接中…',
+    unavailable: '无实时更新',
+  },
 }
