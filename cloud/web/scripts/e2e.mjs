@@ -301,6 +301,13 @@ try {
     await shot(page, '10-alarms')
   }
 
+  if (!GATES.link) {
+    // Named here so the summary lists every step the closed gate leaves out.
+    gate('link', 'H5 shows the lock opened and the simulated lock receives the unlock')
+    gate('link', 'refund from the console (reason, amount) reaches the ledger')
+    gate('link', 'staff unlock from the locks page')
+  }
+
   // 7. The phone: lock page → pay in the sandbox → live progress → my orders.
   const h5 = await newPage({ width: 390, height: 844 }, { isMobile: true, hasTouch: true, deviceScaleFactor: 2 })
   let orderId = null
