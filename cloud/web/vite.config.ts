@@ -83,6 +83,9 @@ export default defineConfig({
     proxy: {
       '/api': { target: cloud, changeOrigin: true },
       '/health': { target: cloud, changeOrigin: true },
+      // The sandbox payment page and the printed QR codes' short links are the cloud's.
+      '/pay': { target: cloud, changeOrigin: true },
+      '/q': { target: cloud, changeOrigin: true },
     },
   },
   test: {

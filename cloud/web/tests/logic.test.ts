@@ -19,8 +19,12 @@ describe('phone order progress', () => {
   it('maps order states to steps', () => {
     expect(progressOf('created')).toEqual({ step: 0, failed: false, final: false })
     expect(progressOf('paid').step).toBe(1)
-    expect(progressOf('unlocked')).toEqual({ step: 3, failed: false, final: true })
-    expect(progressOf('unlock_failed')).toEqual({ step: 2, failed: true, final: true })
+    // unlocked is followed by completed (door closed again); unlock_failed by a refund or a
+    // late unlock event: neither is final.
+    expect(progressOf('unlocked')).toEqual({ step: 3, failed: false, final: false })
+    expect(progressOf('completed')).toEqual({ step: 3, failed: false, final: true })
+    expect(progressOf('unlock_failed')).toEqual({ step: 2, failed: true, final: false })
+    expect(progressOf('refunded')).toEqual({ step: 2, failed: true, final: true })
   })
 
   it('remembers the orders this phone placed, newest first', () => {

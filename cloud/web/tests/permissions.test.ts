@@ -25,12 +25,14 @@ describe('permissions and menus', () => {
       'gateways',
       'locks',
       'orders',
+      'alarms',
       'settlements',
+      'reconciliation',
       'users',
     ])
-    expect(names('merchant_owner')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders', 'settlements', 'users'])
-    expect(names('merchant_staff')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders'])
-    expect(names('technician')).toEqual(['dashboard', 'venues', 'gateways', 'locks'])
+    expect(names('merchant_owner')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders', 'alarms', 'settlements', 'users'])
+    expect(names('merchant_staff')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders', 'alarms'])
+    expect(names('technician')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'alarms'])
     expect(names(null)).toEqual([])
     expect(names('unknown_role')).toEqual([])
   })

@@ -4,7 +4,17 @@
  */
 import { can, type Permission } from '@/shared/permissions'
 
-export type IconName = 'dashboard' | 'venue' | 'gateway' | 'lock' | 'order' | 'settlement' | 'user' | 'merchant'
+export type IconName =
+  | 'dashboard'
+  | 'venue'
+  | 'gateway'
+  | 'lock'
+  | 'order'
+  | 'settlement'
+  | 'user'
+  | 'merchant'
+  | 'alarm'
+  | 'reconciliation'
 
 export interface MenuItem {
   /** Route name (router.ts) */
@@ -23,7 +33,16 @@ export const MENU: readonly MenuItem[] = [
   { name: 'gateways', path: '/gateways', titleKey: 'menu.gateways', icon: 'gateway', perm: 'device:read' },
   { name: 'locks', path: '/locks', titleKey: 'menu.locks', icon: 'lock', perm: 'device:read' },
   { name: 'orders', path: '/orders', titleKey: 'menu.orders', icon: 'order', perm: 'order:read' },
+  { name: 'alarms', path: '/alarms', titleKey: 'menu.alarms', icon: 'alarm', perm: 'device:read' },
   { name: 'settlements', path: '/settlements', titleKey: 'menu.settlements', icon: 'settlement', perm: 'settlement:read' },
+  {
+    name: 'reconciliation',
+    path: '/reconciliation',
+    titleKey: 'menu.reconciliation',
+    icon: 'reconciliation',
+    // Platform admins only: reports span merchants and the provider's whole bill.
+    perm: 'merchant:manage',
+  },
   { name: 'users', path: '/users', titleKey: 'menu.users', icon: 'user', perm: 'user:manage' },
 ]
 

@@ -1,5 +1,5 @@
 /** Option searches for the remote selects (first 20 matches of a list endpoint's `q`). */
-import { gatewaysApi, merchantsApi, venuesApi } from './api/resources'
+import { gatewaysApi, locksApi, merchantsApi, venuesApi } from './api/resources'
 import type { Option } from './components/RemoteSelect.vue'
 
 export async function merchantOptions(q: string): Promise<Option[]> {
@@ -17,4 +17,9 @@ export function gatewayOptionsIn(venueId: string | null) {
     const p = await gatewaysApi.list({ q, per_page: 20, sort: 'name', venue_id: venueId ?? undefined })
     return p.items.map((g) => ({ value: g.id, label: g.name }))
   }
+}
+
+export async function lockOptions(q: string): Promise<Option[]> {
+  const p = await locksApi.list({ q, per_page: 20 })
+  return p.items.map((l) => ({ value: l.id, label: l.name ? `${l.name} (${l.device_code})` : l.device_code }))
 }

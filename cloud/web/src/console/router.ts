@@ -73,6 +73,25 @@ export const routes: RouteRecordRaw[] = [
         meta: { perm: 'order:read', titleKey: 'menu.orders' },
       },
       {
+        path: 'orders/:id',
+        name: 'order',
+        component: () => import('./views/OrderDetailView.vue'),
+        props: true,
+        meta: { perm: 'order:read', titleKey: 'orders.detail' },
+      },
+      {
+        path: 'alarms',
+        name: 'alarms',
+        component: () => import('./views/AlarmsView.vue'),
+        meta: { perm: 'device:read', titleKey: 'menu.alarms' },
+      },
+      {
+        path: 'reconciliation',
+        name: 'reconciliation',
+        component: () => import('./views/ReconciliationView.vue'),
+        meta: { perm: 'merchant:manage', titleKey: 'menu.reconciliation' },
+      },
+      {
         path: 'settlements',
         name: 'settlements',
         component: () => import('./views/SettlementsView.vue'),

@@ -1,12 +1,13 @@
 /**
- * PENDING ENDPOINTS — NOT SERVED BY dmr-cloud YET.
- *
- * The public (no login) endpoints behind the phone pages arrive with the orders issue.
- * The paths and shapes here are this front end's proposal; align them with the real
- * handlers when they land. Until then every call answers 404 and the pages show their
- * error state — no data is invented.
+ * The public (no login) endpoints behind the phone pages (cloud/src/orders/public.rs):
+ * lock by QR code, create order (with `Idempotency-Key` and `X-Device-Session`), order by
+ * id and access key, its live events (SSE), the offline unlock token, and my orders by
+ * device session. Shapes follow the server's `PublicLock`, `PublicOrder`, `CreatedOrder`,
+ * `PaymentStep`, `OfflineToken`, `MyOrders`.
  */
 import { ApiError, HttpClient, seg } from '@/shared/http'
+import type { OrderStatus } from '@/shared/orderStatus'
+import { deviceSession } from './device'
 
 const client = new HttpClient()
 const PUB = '/api/v1/public'
@@ -20,7 +21,7 @@ export interface PublicPlan {
   price_fen: number
 }
 
-/** PENDING: GET /api/v1/public/locks/{qr_code} */
+/** GET /api/v1/public/locks/{qr_code} */
 export interface PublicLock {
   qr_code: string
   name: string
@@ -29,17 +30,11 @@ export interface PublicLock {
   /** Whether an order can be placed now (lock in service, not occupied). */
   available: boolean
   price_plans: PublicPlan[]
+  /** Payment providers this cloud offers ("sandbox", "wechat"). */
+  providers?: string[]
 }
 
-export type PublicOrderStatus =
-  | 'created'
-  | 'paid'
-  | 'unlocking'
-  | 'unlocked'
-  | 'unlock_failed'
-  | 'refunded'
-  | 'expired'
-  | 'cancelled'
+export type PublicOrderStatus = OrderStatus
 
 export interface PublicOrder {
   id: string
@@ -48,8 +43,11 @@ export interface PublicOrder {
   plan_name: string
   duration_minutes: number
   amount_fen: number
+  refunded_fen?: number
   status: PublicOrderStatus
   created_at: number
+  /** Unpaid orders expire at this time. */
+  pay_deadline_at?: number
   paid_at: number | null
   unlocked_at: number | null
   /** Until when the paid time runs. */
@@ -80,20 +78,37 @@ export interface OfflineToken {
   expires_at: number
 }
 
+/** A remembered order as my-orders returns it: the order and its access key. */
+export interface MyOrder extends PublicOrder {
+  access_key: string
+}
+
 export const publicApi = {
-  /** PENDING: GET /api/v1/public/locks/{qr_code} */
   lock: (qrCode: string) => client.get<PublicLock>(`${PUB}/locks/${seg(qrCode)}`, undefined, { auth: false }),
-  /** PENDING: POST /api/v1/public/orders */
-  createOrder: (body: { qr_code: string; plan_id: string; provider: PaymentProvider }) =>
-    client.post<CreatedOrder>(`${PUB}/orders`, body, { auth: false }),
-  /** PENDING: GET /api/v1/public/orders/{id}?key= */
+  /**
+   * Places an order. The same `idempotencyKey` (a retry of one attempt) answers the same
+   * order; `X-Device-Session` binds it to this phone's "my orders".
+   */
+  createOrder: (
+    body: { qr_code: string; plan_id: string; provider: PaymentProvider; openid?: string },
+    idempotencyKey: string,
+  ) =>
+    client.post<CreatedOrder>(`${PUB}/orders`, body, {
+      auth: false,
+      headers: { 'Idempotency-Key': idempotencyKey, 'X-Device-Session': deviceSession() },
+    }),
   order: (id: string, key: string) =>
     client.get<PublicOrder>(`${PUB}/orders/${seg(id)}`, { key }, { auth: false }),
-  /** PENDING: GET /api/v1/public/orders/{id}/offline-token?key= */
   offlineToken: (id: string, key: string) =>
     client.get<OfflineToken>(`${PUB}/orders/${seg(id)}/offline-token`, { key }, { auth: false }),
-  /** PENDING: GET /api/v1/public/orders/{id}/events?key= (Server-Sent Events, `event: order`, data: PublicOrder) */
+  /** Server-Sent Events: `event: order`, data: PublicOrder, each time it changes; ends after a final state. */
   eventsUrl: (id: string, key: string) => `${PUB}/orders/${seg(id)}/events?key=${encodeURIComponent(key)}`,
+  /** The latest 50 orders placed from this device. */
+  myOrders: () =>
+    client.get<{ items: MyOrder[] }>(`${PUB}/my/orders`, undefined, {
+      auth: false,
+      headers: { 'X-Device-Session': deviceSession() },
+    }),
 }
 
 /** How a failed call should read to a person on the street. */

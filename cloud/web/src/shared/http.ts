@@ -73,6 +73,8 @@ export interface RequestOptions {
   /** Send the access token and refresh on 401 (default true). */
   auth?: boolean
   signal?: AbortSignal
+  /** Extra request headers (Idempotency-Key, X-Device-Session, Accept, …). */
+  headers?: Record<string, string>
 }
 
 export interface AuthHooks {
@@ -116,7 +118,7 @@ export class HttpClient {
   }
 
   private async send(method: string, path: string, opts: RequestOptions): Promise<Response> {
-    const headers: Record<string, string> = { Accept: 'application/json' }
+    const headers: Record<string, string> = { Accept: 'application/json', ...opts.headers }
     if (opts.body !== undefined) {
       headers['Content-Type'] = 'application/json'
     }
@@ -140,7 +142,8 @@ export class HttpClient {
     }
   }
 
-  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+  /** Sends with the auth hooks' one refresh-and-retry on 401; the raw response. */
+  async raw(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
     let res = await this.send(method, path, opts)
     if (res.status === 401 && opts.auth !== false && this.hooks) {
       const refreshed = await this.hooks.refresh().catch(() => false)
@@ -151,7 +154,25 @@ export class HttpClient {
         this.hooks.onAuthLost()
       }
     }
-    return parse<T>(res)
+    return res
+  }
+
+  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    return parse<T>(await this.raw(method, path, opts))
+  }
+
+  /**
+   * A file (CSV export): the body as a Blob and the file name the server suggests
+   * (Content-Disposition), or an ApiError with the server's message.
+   */
+  async download(path: string, query?: Query | object, accept = 'text/csv'): Promise<{ blob: Blob; filename: string | null }> {
+    const res = await this.raw('GET', path, { query, headers: { Accept: accept } })
+    if (!res.ok) {
+      return parse<never>(res)
+    }
+    const cd = res.headers.get('Content-Disposition') ?? ''
+    const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(cd)
+    return { blob: await res.blob(), filename: m?.[1] ? decodeURIComponent(m[1]) : null }
   }
 
   get<T>(path: string, query?: Query | object, opts: RequestOptions = {}): Promise<T> {

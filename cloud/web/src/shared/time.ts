@@ -42,3 +42,15 @@ export function formatDate(ms: number): string {
 export function minutesAgo(ms: number, now: number = Date.now()): number {
   return Math.max(0, Math.floor((now - ms) / 60_000))
 }
+
+/**
+ * Midnight of a calendar day in Asia/Shanghai ("2025-11-26") as Unix ms. China has kept
+ * UTC+8 without daylight saving since 1991, so this is fixed arithmetic.
+ */
+export function shanghaiDayStart(day: string): number | null {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(day)
+  if (!m) {
+    return null
+  }
+  return Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])) - 8 * 3_600_000
+}

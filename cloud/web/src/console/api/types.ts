@@ -59,6 +59,11 @@ export interface Gateway {
   public_key: string | null
   enrolled_at: number | null
   last_seen_at: number | null
+  /** Gateway link health (absent on older servers): MQTT session up, outbox backlog. */
+  online?: boolean | null
+  outbox_pending?: number | null
+  outbox_oldest_age_s?: number | null
+  agent_version?: string | null
   created_at: number
   updated_at: number
 }
@@ -91,6 +96,11 @@ export interface Lock {
   qr_payload: string
   status: LockStatus
   price_plans: PricePlan[]
+  /** Live state from heartbeats and door events (gateway link); absent on older servers. */
+  door_closed?: boolean | null
+  locked?: boolean | null
+  fw_version?: string | null
+  last_heartbeat_at?: number | null
   created_at: number
   updated_at: number
 }
