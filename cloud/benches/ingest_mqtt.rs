@@ -16,7 +16,7 @@
 //! machine's cores, so the end-to-end figure is a lower bound for a dedicated cloud host.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dmr_cloud::config::Config;
