@@ -8,7 +8,7 @@
 //! the queue is full the poller waits, which stops reading the socket: back-pressure reaches
 //! the broker instead of memory growing. A batcher closes a batch at `batch_max` messages or
 //! `batch_wait_ms`, and up to `workers` batches are verified and applied at once, each
-//! gateway's messages in one [`Ingest::submit`] call (one transaction).
+//! batch in one [`Ingest::submit_many`] call (one transaction, whatever the mix of gateways).
 //!
 //! Nothing is dropped silently. Acknowledgements are manual: a QoS 1 message is PUBACKed
 //! only after ingest answered for it (applied, duplicate, or rejected and counted), so a
@@ -435,11 +435,16 @@ pub async fn apply_batch(state: &AppState, batch: Vec<Publish>) {
     let link = &state.mqtt;
     let stats = &link.stats;
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    // Group by gateway, keeping each gateway's order of arrival.
-    let mut groups: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+    // Every message is checked against the gateway its topic names; the whole batch,
+    // whatever mix of gateways, is verified and applied in one ingest call (one transaction).
+    let mut items: Vec<(Uuid, &str)> = Vec::with_capacity(batch.len());
+    let mut index: Vec<usize> = Vec::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
         match precheck(p) {
-            Ok((gw, _)) => groups.entry(gw).or_default().push(i),
+            Ok((gw, text)) => {
+                items.push((gw, text));
+                index.push(i);
+            }
             Err(reason) => {
                 stats.reject(reason);
                 tracing::warn!(topic = %p.topic.chars().take(200).collect::<String>(), reason, "MQTT message refused before verification");
@@ -447,27 +452,21 @@ pub async fn apply_batch(state: &AppState, batch: Vec<Publish>) {
         }
     }
     let started = Instant::now();
-    for (gw, idx) in &groups {
-        let raws: Vec<&str> = idx
-            .iter()
-            .filter_map(|i| precheck(&batch[*i]).ok().map(|(_, t)| t))
-            .collect();
-        let outcomes = submit_until_done(state, *gw, &raws).await;
-        for _ in outcomes.len()..raws.len() {
-            stats.reject("ingest_mismatch");
-        }
-        for (i, outcome) in idx.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Applied => {
-                    stats.applied.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Duplicate => {
-                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Rejected(reason) => {
-                    stats.reject(reason.as_str());
-                    tracing::warn!(gateway = %gw, topic = %batch[*i].topic, reason = %reason, "MQTT message rejected; nothing changed");
-                }
+    let outcomes = submit_until_done(state, &items).await;
+    for _ in outcomes.len()..items.len() {
+        stats.reject("ingest_mismatch");
+    }
+    for (i, outcome) in index.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied => {
+                stats.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Duplicate => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Rejected(reason) => {
+                stats.reject(reason.as_str());
+                tracing::warn!(topic = %batch[*i].topic, reason = %reason, "MQTT message rejected; nothing changed");
             }
         }
     }
@@ -488,15 +487,15 @@ pub async fn apply_batch(state: &AppState, batch: Vec<Publish>) {
 
 /// Ingest, retried with a backoff while it fails (database unreachable): the messages stay
 /// unacknowledged meanwhile, so nothing is lost, and the full queue pushes back on the broker.
-async fn submit_until_done(state: &AppState, gw: Uuid, raws: &[&str]) -> Vec<Outcome> {
+async fn submit_until_done(state: &AppState, items: &[(Uuid, &str)]) -> Vec<Outcome> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match state.ingest.submit(gw, Via::Mqtt, raws).await {
+        match state.ingest.submit_many(Via::Mqtt, items).await {
             Ok(outcomes) => {
-                if outcomes.len() != raws.len() {
+                if outcomes.len() != items.len() {
                     // A contract breach; retrying would give the same answer.
                     tracing::error!(
-                        expected = raws.len(),
+                        expected = items.len(),
                         got = outcomes.len(),
                         "ingest answered a different number of outcomes"
                     );
@@ -509,7 +508,7 @@ async fn submit_until_done(state: &AppState, gw: Uuid, raws: &[&str]) -> Vec<Out
                     .stats
                     .ingest_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = ?e, gateway = %gw, messages = raws.len(), retry_in_ms = backoff.as_millis() as u64, "ingest failed; retrying the batch");
+                tracing::error!(error = ?e, messages = items.len(), retry_in_ms = backoff.as_millis() as u64, "ingest failed; retrying the batch");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
