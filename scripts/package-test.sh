@@ -16,8 +16,9 @@
 # (they cannot be installed here).
 #
 # usage: scripts/package-test.sh [--no-build]   (--no-build: check the .debs already built)
-# Takes as long as two release builds plus the web build the first time (about 10 minutes
-# on 2 cores), about 2 minutes when they are current. Not part of scripts/test.sh for that reason.
+# Takes as long as two release builds plus the web build (25 minutes on the shared 2-core
+# machine under load from other builds); the checks themselves take under a minute
+# (--no-build). Not part of scripts/test.sh for that reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
