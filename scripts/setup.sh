@@ -2,7 +2,7 @@
 # Installs what the tests and the demo need on a fresh Debian 12 machine of this project's kind
 # (root, Rust via rustup already present). Idempotent and quick when everything is there.
 #   scripts/setup.sh            test + demo prerequisites (Mosquitto, socat, mbpoll, pymodbus venv,
-#                               ARM cross toolchain and qemu-user)
+#                               ARM cross toolchain and qemu-user, promtool and nginx)
 #   scripts/setup.sh --minimal  only what `scripts/run.sh` needs (nothing beyond Rust today)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 # Brokers, serial peers, databases.
 apt_install mosquitto mosquitto-clients socat mbpoll python3-venv postgresql-15 postgresql-client-15
+
+# Checkers of the operations examples (scripts/check-ops-configs.sh): promtool comes with
+# Debian's prometheus package, nginx -t with nginx-light; the services themselves are not used.
+apt_install prometheus nginx-light
 
 # pymodbus, the independent Modbus peer, pinned (its API churns).
 VENV=${DMR_PYVENV:-$PWD/target/pyvenv}

@@ -34,6 +34,9 @@ step "systemd units (systemd-analyze verify + security)"
 scripts/verify_unit.sh systemd/dmr-agent.service "$PWD/target/debug/dmr-agent"
 scripts/verify_unit.sh systemd/dmr-cloud.service "$PWD/target/debug/dmr-cloud"
 
+step "operations examples (promtool check/test rules, nginx -t)"
+scripts/check-ops-configs.sh
+
 step "aarch64 cross build and tests under qemu"
 scripts/cross-test.sh aarch64
 

@@ -15,7 +15,7 @@ use crate::users::handlers::{Creator, create_user};
 use crate::users::types::CreateUser;
 
 #[derive(Debug, Parser)]
-#[command(name = "dmr-cloud", version, about = "Dumeiren cloud control plane")]
+#[command(name = "dmr-cloud", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DMR_BUILD_COMMIT"), ")"), about = "Dumeiren cloud control plane")]
 pub struct Cli {
     /// TOML configuration file (values there are overridden by DMR_* environment variables).
     #[arg(long, global = true, env = "DMR_CONFIG")]

@@ -28,7 +28,7 @@ enum Door {
 
 /// Simulated Dumeiren lock controllers on a Modbus RTU bus (pty) and/or Modbus TCP.
 #[derive(Debug, Parser)]
-#[command(name = "dmr-lock-sim", version)]
+#[command(name = "dmr-lock-sim", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DMR_BUILD_COMMIT"), ")"))]
 struct Args {
     /// N locks at addresses 1..=N, serials SIM-0001...
     #[arg(long, conflicts_with = "lock")]

@@ -16,7 +16,7 @@ use dmr_edge_agent::agent::{self, clock::SystemClock, config, locks::LockPort};
 use dmr_edge_agent::bus;
 
 #[derive(Parser, Debug)]
-#[command(name = "dmr-agent", version, about = "Dumeiren venue gateway daemon")]
+#[command(name = "dmr-agent", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DMR_BUILD_COMMIT"), ")"), about = "Dumeiren venue gateway daemon")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

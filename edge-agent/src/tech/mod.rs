@@ -43,7 +43,7 @@ Exit status:
 
 /// Technician tool for Dumeiren lock controllers on an RS-485 (Modbus RTU) or Modbus TCP bus.
 #[derive(Debug, Parser)]
-#[command(name = "dmr-tech", version, after_help = EXIT_HELP)]
+#[command(name = "dmr-tech", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DMR_BUILD_COMMIT"), ")"), after_help = EXIT_HELP)]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Checks the operations examples shipped in packaging/ with the real tools (scripts/setup.sh
+# installs them from Debian: prometheus for promtool, nginx-light for nginx):
+#   - the Prometheus alert rules: `promtool check rules`, then `promtool test rules`, whose
+#     unit tests fire every alert on synthetic series and keep it quiet just below;
+#   - the nginx example: `nginx -t` inside a throwaway prefix, with a self-signed certificate
+#     standing in for the real one.
+# Takes a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for t in promtool nginx openssl; do
+  command -v "$t" >/dev/null || { echo "check-ops-configs: $t not found; run scripts/setup.sh" >&2; exit 1; }
+done
+
+( cd packaging/prometheus
+  promtool check rules dmr-alerts.yml
+  promtool test rules dmr-alerts.test.yml )
+
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=lock.example.com \
+  -keyout "$tmp/privkey.pem" -out "$tmp/fullchain.pem" 2>/dev/null
+sed "s|/etc/ssl/dmr/|$tmp/|g" packaging/nginx/dmr-cloud.conf > "$tmp/dmr-cloud.conf"
+cat > "$tmp/nginx.conf" <<CONF
+pid $tmp/nginx.pid;
+error_log $tmp/error.log;
+events {}
+http {
+    access_log off;
+    include $tmp/dmr-cloud.conf;
+}
+CONF
+nginx -t -q -p "$tmp" -c "$tmp/nginx.conf"
+echo "nginx: packaging/nginx/dmr-cloud.conf OK"
