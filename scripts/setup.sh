@@ -34,6 +34,10 @@ apt_install mosquitto mosquitto-clients socat mbpoll python3-venv postgresql-15 
 # Debian's prometheus package, nginx -t with nginx-light; the services themselves are not used.
 apt_install prometheus nginx-light
 
+# The web end-to-end test drives Debian's Chromium with playwright-core (no browser download);
+# the Chinese pages need a CJK font to render.
+apt_install chromium fonts-wqy-microhei
+
 # pymodbus, the independent Modbus peer, pinned (its API churns).
 VENV=${DMR_PYVENV:-$PWD/target/pyvenv}
 if ! "$VENV/bin/python" -c 'import pymodbus, serial' 2>/dev/null; then

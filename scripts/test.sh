@@ -2,7 +2,8 @@
 # Runs every test of the project on a fresh machine of its kind (Debian 12, root, Rust via rustup):
 # installs what is missing, then format and lint checks, the whole workspace test suite (cloud
 # tests against SQLite and a throwaway PostgreSQL), and the aarch64 cross build with the
-# protocol tests under qemu-user. `.ci/run` calls exactly this.
+# protocol tests under qemu-user; the web pages end to end in Chromium, and the demo itself.
+# `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -18,6 +19,9 @@ step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "cargo test (SQLite and PostgreSQL)"
+# The end-to-end tests run the real dmr-agent and dmr-lock-sim binaries: build them first
+# (cargo holds its build lock while tests run, so a test cannot build them itself).
+cargo build --locked -p dmr-edge-agent -p dmr-firmware-sim --bins
 export DMR_PYMODBUS_PYTHON=${DMR_PYMODBUS_PYTHON:-$PWD/target/pyvenv/bin/python}
 # The cloud suite runs on both databases: run_postgres.sh starts a throwaway server and exports
 # DATABASE_URL; it is handed to the tests as DMR_TEST_DATABASE_URL (and DATABASE_URL itself is
@@ -29,6 +33,9 @@ step "web: console and H5 pages (type check, unit tests, build, bundle size)"
 # Node 20 and npm come with the machine; packages come from the npm registry by package-lock.json.
 ( cd cloud/web && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run build && npm run size )
 
+step "web end to end: headless Chromium against dmr-cloud, dmr-agent and dmr-lock-sim"
+( cd cloud/web && E2E_ORDERS=1 E2E_LINK=1 E2E_REQUIRE_FULL=1 scripts/e2e.sh )
+
 step "systemd units (systemd-analyze verify + security)"
 # verify needs an executable at ExecStart: point it at the freshly built binaries.
 scripts/verify_unit.sh systemd/dmr-agent.service "$PWD/target/debug/dmr-agent"
@@ -36,6 +43,9 @@ scripts/verify_unit.sh systemd/dmr-cloud.service "$PWD/target/debug/dmr-cloud"
 
 step "operations examples (promtool check/test rules, nginx -t)"
 scripts/check-ops-configs.sh
+
+step "the demo (scripts/run.sh): pay for an unlock through the public API"
+scripts/demo-test.sh
 
 step "aarch64 cross build and tests under qemu"
 scripts/cross-test.sh aarch64

@@ -7,8 +7,7 @@
 # E2E_ORDERS=1 / E2E_LINK=1 open the gated parts of the scenario (see e2e.mjs); with
 # E2E_LINK=1, E2E_LINK_UP must start dmr-agent + dmr-lock-sim (it gets ENROLL_CODE,
 # LOCK_DEVICE_CODE, LOCK_BUS_ADDRESS, CLOUD_URL).
-# TODO(lead): after merging the link, start the agent and the simulator here (an
-# E2E_LINK_UP default using AGENT_BIN / SIM_BIN) and enable the gates in CI.
+# E2E_LINK_UP defaults to scripts/e2e-link-up.sh with AGENT_BIN / SIM_BIN (debug builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CLOUD_BIN:-../../target/debug/dmr-cloud}
@@ -18,6 +17,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 WORK=$(mktemp -d)
 CLOUD_PORT=$(free_port)
 WEB_PORT=$(free_port)
+MQTT_PORT=$(free_port)
+export E2E_WORK=$WORK AGENT_BIN=${AGENT_BIN:-$PWD/../../target/debug/dmr-agent} SIM_BIN=${SIM_BIN:-$PWD/../../target/debug/dmr-lock-sim}
+export E2E_LINK_UP=${E2E_LINK_UP:-$PWD/scripts/e2e-link-up.sh}
+# A master key for the throwaway cloud's signing keys, and its embedded broker on a free port
+# (the gateway is told that URL at enrollment).
+DMR_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
+export DMR_MASTER_KEY DMR_MQTT_EMBEDDED_LISTEN=127.0.0.1:$MQTT_PORT DMR_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT \
+  DMR_GATEWAY_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
 export DMR_SERVER_LISTEN=127.0.0.1:$CLOUD_PORT DMR_SERVER_PUBLIC_BASE_URL=http://127.0.0.1:$WEB_PORT \
   DMR_DATABASE_URL="sqlite://$WORK/dmr.db?mode=rwc"
 if [ "${E2E_ORDERS:-}" = 1 ]; then
@@ -31,7 +38,7 @@ echo "$PASSWORD" | "$BIN" admin create-user --username e2e-ops --display-name E2
 CLOUD_PID=$!
 DMR_CLOUD_URL=http://127.0.0.1:$CLOUD_PORT node_modules/.bin/vite preview --host 127.0.0.1 --port "$WEB_PORT" --strictPort >"$WORK/web.log" 2>&1 &
 WEB_PID=$!
-trap 'kill $CLOUD_PID $WEB_PID 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${E2E_KEEP:-}" ] && echo "cloud log kept in $WORK" || rm -rf "$WORK"' EXIT
+trap 'kill $CLOUD_PID $WEB_PID $(cat "$WORK/link.pids" 2>/dev/null) 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${E2E_KEEP:-}" ] && echo "cloud log kept in $WORK" || rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$WEB_PORT/health" && break
   sleep 0.1
