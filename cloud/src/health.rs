@@ -46,6 +46,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.mqtt.render_metrics(&mut text);
     state.commands.render_metrics(&mut text);
     text.push_str(&state.broker.render_metrics());
+    crate::orders::render_metrics(&mut text);
     (
         [(
             header::CONTENT_TYPE,

@@ -273,6 +273,31 @@ pub async fn transition(
     Ok(won)
 }
 
+/// Order transitions this process has recorded, by target status, for
+/// `dmr_order_transitions_total{to}` (the unlock-failure and refund-rate alerts). A counter
+/// per process, as Prometheus expects: the alert rules sum over instances. A transition
+/// whose transaction later rolls back is still counted; that over-count is rare (the
+/// transaction failing after a won conditional update) and only errs towards alerting.
+static TRANSITIONS: [std::sync::atomic::AtomicU64; Status::ALL.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; Status::ALL.len()];
+
+/// Renders the transition counters in the Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str(
+        "# HELP dmr_order_transitions_total Order state transitions recorded, by new status.\n",
+    );
+    out.push_str("# TYPE dmr_order_transitions_total counter\n");
+    for (status, n) in Status::ALL.iter().zip(TRANSITIONS.iter()) {
+        let _ = writeln!(
+            out,
+            "dmr_order_transitions_total{{to=\"{}\"}} {}",
+            status.as_str(),
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
 pub(crate) async fn record_transition(
     conn: &mut AnyConnection,
     order_id: &str,
@@ -282,6 +307,9 @@ pub(crate) async fn record_transition(
     reason: &str,
     now: i64,
 ) -> Result<(), ApiError> {
+    if let Some(i) = Status::ALL.iter().position(|s| *s == to) {
+        TRANSITIONS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     sqlx::query(
         "INSERT INTO order_transitions (id, order_id, from_status, to_status, actor, reason, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

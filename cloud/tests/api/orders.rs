@@ -467,6 +467,27 @@ mod scenarios {
         assert_eq!(summary["today_revenue_fen"], 300);
         assert_eq!(summary["today_orders"], 1);
         assert_eq!(summary["revenue_by_day"].as_array().unwrap().len(), 7);
+        // The transitions are counted for the alert rules (per process; other tests in this
+        // binary may have added more, so at least this order's).
+        let metrics = app
+            .client
+            .get(app.url_of("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for to in ["paid", "unlocked", "completed"] {
+            let line = format!("dmr_order_transitions_total{{to=\"{to}\"}} ");
+            let n: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap_or_else(|| panic!("no {line} in /metrics"))
+                .parse()
+                .unwrap();
+            assert!(n >= 1, "{line}{n}");
+        }
         app.stop().await;
     }
 

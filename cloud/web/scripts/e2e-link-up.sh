@@ -7,7 +7,7 @@ set -euo pipefail
 : "${ENROLL_CODE:?}" "${LOCK_BUS_ADDRESS:?}" "${CLOUD_URL:?}" "${E2E_WORK:?}" "${AGENT_BIN:?}" "${SIM_BIN:?}"
 dir="$E2E_WORK/gateway"
 mkdir -p "$dir"
-"$SIM_BIN" --lock "$LOCK_BUS_ADDRESS" --link "$dir/ttyLOCK" > "$dir/sim.out" 2> "$dir/sim.log" &
+"$SIM_BIN" --lock "$LOCK_BUS_ADDRESS" --link "$dir/ttyLOCK" --control 127.0.0.1:0 > "$dir/sim.out" 2> "$dir/sim.log" &
 echo $! >> "$E2E_WORK/link.pids"
 for _ in $(seq 100); do grep -q READY "$dir/sim.out" && break; sleep 0.1; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

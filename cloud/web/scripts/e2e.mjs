@@ -22,10 +22,9 @@
 //                 environment that must enroll the agent and start it with the simulated
 //                 lock (scripts/e2e.sh provides one when AGENT_BIN and SIM_BIN are set);
 //                 then: lock online in the console, the simulated lock receives the unlock
-//                 (E2E_SIM_LOG: a file the simulator logs to, checked for the unlock),
+//                 (its latch's actuation counter, from the simulator's control API),
 //                 staff unlock, refund from the console reaching the ledger.
-// TODO(lead): once orders and the link are merged and e2e.sh starts agent + sim, set
-// E2E_ORDERS=1 E2E_LINK=1 E2E_REQUIRE_FULL=1 in CI and delete this note.
+// scripts/test.sh runs it with E2E_ORDERS=1 E2E_LINK=1 E2E_REQUIRE_FULL=1.
 import { execSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { chromium } from 'playwright-core'
@@ -233,6 +232,8 @@ try {
   await page.click('.el-tabs__item:has-text("注册码")')
   await page.click('button:has-text("生成注册码")')
   await pick(0, 'E2E 场地')
+  // The code names the gateway made above, so the enrolled board takes over its locks.
+  await pick(1, 'E2E 网关')
   await dialog().locator('button:has-text("新建")').click()
   await page.waitForSelector('[data-testid=enrollment-code]')
   const enrollCode = await page.locator('[data-testid=enrollment-code]').innerText()
@@ -333,13 +334,19 @@ try {
     if (GATES.link) {
       await until(async () => /已开锁|已完成/.test(await h5.locator('[data-testid=order-status]').innerText()), 'H5 shows unlocked', 30_000)
       check(true, 'H5 shows the lock opened (live)')
-      const simLog = process.env.E2E_SIM_LOG
-      if (simLog) {
-        await until(async () => existsSync(simLog) && /unlock/i.test(readFileSync(simLog, 'utf8')), 'the simulated lock logs the unlock')
-        check(true, 'the simulated lock received the unlock')
+      // The simulator (started by E2E_LINK_UP) prints its control API; its lock's
+      // `actuations` counter proves the latch physically moved.
+      const simOut = process.env.E2E_WORK ? `${process.env.E2E_WORK}/gateway/sim.out` : ''
+      const control = simOut && existsSync(simOut) ? /^CONTROL (\S+)/m.exec(readFileSync(simOut, 'utf8'))?.[1] : undefined
+      if (control) {
+        await until(async () => {
+          const r = await fetch(`${control}/locks/7`)
+          return r.ok && (await r.json()).actuations >= 1
+        }, 'the simulated latch to move')
+        check(true, 'the simulated lock received the unlock (its latch moved)')
       } else {
-        skipped.push('simulated lock received the unlock [E2E_SIM_LOG]')
-        console.log('SKIP - simulated lock received the unlock (set E2E_SIM_LOG)')
+        skipped.push('simulated lock received the unlock [no simulator control API]')
+        console.log('SKIP - simulated lock received the unlock (no simulator control API found)')
       }
     } else {
       // No gateway attached: the order stays "unlocking"; after a short wait the page offers

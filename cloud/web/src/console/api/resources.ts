@@ -109,7 +109,7 @@ export const usersApi = {
 
 export const enrollmentApi = {
   list: (p: EnrollmentListParams) => api.get<Page<EnrollmentCode>>(`${V1}/enrollment-codes`, p),
-  create: (body: { venue_id: string; ttl_minutes?: number }) =>
+  create: (body: { venue_id: string; gateway_id?: string; ttl_minutes?: number }) =>
     api.post<CreatedEnrollmentCode>(`${V1}/enrollment-codes`, body),
   revoke: (id: string) => api.delete(`${V1}/enrollment-codes/${seg(id)}`),
 }

@@ -159,6 +159,7 @@ const en: typeof zhCN = {
     title: 'Enrollment codes',
     create: 'New enrollment code',
     venue: 'Venue',
+    gateway: 'Gateway (optional: enroll a gateway set up here, keeping its locks)',
     ttl: 'Valid for (minutes)',
     status: 'Status',
     expiresAt: 'Expires',

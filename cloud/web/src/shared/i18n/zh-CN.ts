@@ -158,6 +158,7 @@ export default {
     title: '注册码',
     create: '生成注册码',
     venue: '场地',
+    gateway: '网关（可选：为已建好的网关注册，保留其智能锁）',
     ttl: '有效期（分钟）',
     status: '状态',
     expiresAt: '过期时间',
