@@ -341,19 +341,34 @@ impl Ingest {
             }
         }
         let received_at = now_ms();
-        let mut outcomes = Vec::with_capacity(items.len());
+        let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
         let mut applied_kinds: Vec<&'static str> = Vec::new();
+        // Apply in one fixed order, by gateway and then message id, whatever order the
+        // messages arrived in: concurrent batches (this instance's workers, other
+        // instances) then take row locks (message ids, gateway rows, their locks' rows) in
+        // the same order, instead of deadlocking on PostgreSQL and retrying. Per-gateway
+        // state is ordered by the messages' own timestamps, not by arrival, so this changes
+        // no result.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| {
+            let id = verified[i]
+                .as_ref()
+                .and_then(|v| v.as_ref().ok())
+                .map(|env| env.id);
+            (items[i].0, id)
+        });
         let mut tx = self.db.pool.begin().await?;
-        for (i, (gw, _)) in items.iter().enumerate() {
+        for i in order {
+            let gw = &items[i].0;
             let merchant = entries
                 .get(gw)
                 .and_then(|e| e.key.as_ref().map(|(_, m)| m.clone()));
             let (Some(v), Some(merchant_id)) = (&verified[i], merchant) else {
-                outcomes.push(Outcome::Rejected(RejectReason::UnknownGateway));
+                outcomes[i] = Some(Outcome::Rejected(RejectReason::UnknownGateway));
                 continue;
             };
             match v {
-                Err(reason) => outcomes.push(Outcome::Rejected(reason.clone())),
+                Err(reason) => outcomes[i] = Some(Outcome::Rejected(reason.clone())),
                 Ok(env) => {
                     let kind = env.message.message_type().as_str();
                     let fresh = sqlx::query(
@@ -378,14 +393,19 @@ impl Ingest {
                         };
                         apply(&mut tx, &ctx, env, received_at).await?;
                         applied_kinds.push(kind);
-                        outcomes.push(Outcome::Applied);
+                        outcomes[i] = Some(Outcome::Applied);
                     } else {
-                        outcomes.push(Outcome::Duplicate);
+                        outcomes[i] = Some(Outcome::Duplicate);
                     }
                 }
             }
         }
         tx.commit().await?;
+        // Every index was visited exactly once above.
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Rejected(RejectReason::UnknownGateway)))
+            .collect();
         for (o, (gw, _)) in outcomes.iter().zip(items) {
             match o {
                 Outcome::Applied => {}
