@@ -383,7 +383,8 @@ mod scenarios {
             .patch(&path, &w.a.owner, json!({ "fw_version": "9.9.9" }))
             .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-        error_code(&b);
+        assert_eq!(error_code(&b), "protected_field");
+        assert_eq!(b["error"]["details"]["field"], "fw_version");
         app.stop().await;
     }
 
