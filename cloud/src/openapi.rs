@@ -379,6 +379,8 @@ pub fn spec() -> Value {
             "name": s("string"), "device_code": s("string"), "bus_address": { "type": "integer", "minimum": 1, "maximum": 247 },
             "qr_code": s("string"), "qr_payload": s("string"), "status": { "enum": ["unknown", "online", "offline", "disabled"] },
             "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlan" } },
+            "door_closed": { "type": ["boolean", "null"] }, "locked": { "type": ["boolean", "null"] },
+            "fw_version": ns, "last_heartbeat_at": ni,
             "created_at": s("integer"), "updated_at": s("integer") } },
         "CreateLock": obj(json!({ "gateway_id": s("string"), "device_code": s("string"),
             "bus_address": { "type": "integer", "minimum": 1, "maximum": 247 }, "name": s("string"),
@@ -614,7 +616,7 @@ fn orders_paths(paths: &mut serde_json::Map<String, Value>) {
         json!({ "get": rep }),
     );
     paths.insert("/api/v1/dashboard/summary".into(), json!({
-        "get": op("Today's revenue and orders, and the last 7 days' revenue (Asia/Shanghai days)", Some("order:read"), ok("DashboardSummary", "200"), None) }));
+        "get": op("Today's revenue, orders and refunds; the last 30 days (and 7 for older clients); lock, alarm and busiest-lock figures (Asia/Shanghai days)", Some("order:read"), ok("DashboardSummary", "200"), None) }));
 }
 
 fn orders_schemas() -> Value {
@@ -668,7 +670,13 @@ fn orders_schemas() -> Value {
         "ReportPage": page_of("Report"),
         "DashboardSummary": { "type": "object", "properties": {
             "today_revenue_fen": s("integer"), "today_orders": s("integer"),
-            "revenue_by_day": { "type": "array", "items": { "type": "object", "properties": { "day": s("string"), "revenue_fen": s("integer") } } } } },
+            "today_refunds_fen": s("integer"),
+            "revenue_by_day": { "type": "array", "items": { "type": "object", "properties": { "day": s("string"), "revenue_fen": s("integer") } } },
+            "days": { "type": "array", "description": "the last 30 Asia/Shanghai days, oldest first, today included",
+                "items": { "type": "object", "properties": { "day": s("string"), "revenue_fen": s("integer"), "orders": s("integer") } } },
+            "locks_online": s("integer"), "locks_offline": s("integer"), "open_alarms": s("integer"),
+            "busiest_locks": { "type": "array", "description": "top 5 locks by orders paid in the last 30 days",
+                "items": { "type": "object", "properties": { "lock_id": s("string"), "name": s("string"), "orders": s("integer"), "revenue_fen": s("integer") } } } } },
     })
 }
 

@@ -110,6 +110,10 @@ pub async fn create(
         status: "unknown".into(),
         created_at: now,
         updated_at: now,
+        door_closed: None,
+        locked: None,
+        fw_version: None,
+        last_heartbeat_at: None,
     };
     store::insert(&state.db, &row, &input.price_plans).await?;
     let mut locks = with_plans(&state, vec![row]).await?;

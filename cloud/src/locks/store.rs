@@ -9,7 +9,8 @@ use crate::locks::types::{LockRow, PricePlan, PricePlanInput};
 use crate::rbac::Scope;
 
 const COLUMNS: &str = "id, merchant_id, venue_id, gateway_id, name, device_code, bus_address, \
-                       qr_code, status, created_at, updated_at";
+                       qr_code, status, created_at, updated_at, door_closed, locked, fw_version, \
+                       last_heartbeat_at";
 
 fn scoped(sql: &mut Sql, scope: &Scope) {
     if let Some(m) = scope.merchant() {

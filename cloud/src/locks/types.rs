@@ -17,6 +17,11 @@ pub struct LockRow {
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Live state the gateway link writes (BIGINT 0/1 flags; NULL until first reported).
+    pub door_closed: Option<i64>,
+    pub locked: Option<i64>,
+    pub fw_version: Option<String>,
+    pub last_heartbeat_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -44,6 +49,12 @@ pub struct Lock {
     pub qr_payload: String,
     pub status: String,
     pub price_plans: Vec<PricePlan>,
+    /// Live state from the lock's heartbeats and door events, so the console shows it on
+    /// first load without waiting for the live stream; null until the lock has reported it.
+    pub door_closed: Option<bool>,
+    pub locked: Option<bool>,
+    pub fw_version: Option<String>,
+    pub last_heartbeat_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -62,6 +73,10 @@ impl Lock {
             qr_code: r.qr_code,
             status: r.status,
             price_plans: plans,
+            door_closed: r.door_closed.map(|v| v != 0),
+            locked: r.locked.map(|v| v != 0),
+            fw_version: r.fw_version,
+            last_heartbeat_at: r.last_heartbeat_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -104,7 +119,17 @@ pub struct UpdateLock {
 }
 
 /// Set by the cloud, never by a client.
-pub const PROTECTED: &[&str] = &["id", "merchant_id", "venue_id", "qr_code", "qr_payload"];
+pub const PROTECTED: &[&str] = &[
+    "id",
+    "merchant_id",
+    "venue_id",
+    "qr_code",
+    "qr_payload",
+    "door_closed",
+    "locked",
+    "fw_version",
+    "last_heartbeat_at",
+];
 
 pub const MAX_PLANS: usize = 20;
 

@@ -462,52 +462,142 @@ pub struct DayRevenue {
 }
 
 #[derive(Debug, Serialize)]
+pub struct DaySales {
+    pub day: String,
+    /// Payments minus refunds booked that day.
+    pub revenue_fen: i64,
+    /// Orders paid that day.
+    pub orders: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct BusyLock {
+    pub lock_id: String,
+    pub name: String,
+    /// Orders paid in the last 30 days.
+    pub orders: i64,
+    /// Payments minus refunds booked for this lock's orders in the last 30 days.
+    pub revenue_fen: i64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Summary {
     /// Payments minus refunds booked today (Asia/Shanghai).
     pub today_revenue_fen: i64,
     /// Orders paid today.
     pub today_orders: i64,
-    /// The last 7 days, oldest first, today included.
+    /// Refunds booked today, as a positive amount.
+    pub today_refunds_fen: i64,
+    /// The last 7 days, oldest first, today included (kept for older consoles).
     pub revenue_by_day: Vec<DayRevenue>,
+    /// The last 30 days, oldest first, today included.
+    pub days: Vec<DaySales>,
+    /// Live (not deleted) locks whose last reported state is online / offline.
+    pub locks_online: i64,
+    pub locks_offline: i64,
+    /// Alarms neither cleared nor acknowledged.
+    pub open_alarms: i64,
+    /// Top 5 locks by orders paid in the last 30 days.
+    pub busiest_locks: Vec<BusyLock>,
 }
 
-/// `GET /api/v1/dashboard/summary`
+const SUMMARY_DAYS: i64 = 30;
+
+/// `GET /api/v1/dashboard/summary`: every figure is scoped to the caller's merchant
+/// (platform admins see all merchants).
 pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Summary>> {
+    let scope = caller.scope();
     let now = now_ms();
-    let days: Vec<String> = (0..7)
+    // Asia/Shanghai has no daylight saving, so stepping back 24 h always lands on the
+    // previous calendar day.
+    let day_list: Vec<String> = (0..SUMMARY_DAYS)
         .rev()
         .map(|i| money::shanghai_day(now - i * 24 * 3_600_000))
         .collect();
+    let first_day = day_list.first().cloned().unwrap_or_default();
+    let today = day_list.last().cloned().unwrap_or_default();
+
+    // Refund entries carry negative amounts, so SUM(amount_fen) is the net revenue.
     let mut q = Sql::new(
         "SELECT day, CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         CAST(COALESCE(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN kind = 'refund' THEN 0 - amount_fen ELSE 0 END), 0) AS BIGINT) \
          FROM ledger_entries WHERE kind IN ('payment', 'refund') AND day >= ",
     );
-    q.bind_text(days[0].clone());
-    scoped(&mut q, &caller.scope());
+    q.bind_text(first_day.clone());
+    scoped(&mut q, &scope);
     q.push(" GROUP BY day");
     let rows = q
-        .query_as::<(String, i64, i64)>()
+        .query_as::<(String, i64, i64, i64)>()
         .fetch_all(&state.db.pool)
         .await?;
-    let today = days[6].clone();
-    let mut today_orders = 0;
-    let revenue_by_day: Vec<DayRevenue> = days
+    let days: Vec<DaySales> = day_list
         .into_iter()
         .map(|d| {
-            let r = rows.iter().find(|(day, _, _)| *day == d);
-            if d == today {
-                today_orders = r.map_or(0, |r| r.2);
-            }
-            DayRevenue {
+            let r = rows.iter().find(|r| r.0 == d);
+            DaySales {
                 revenue_fen: r.map_or(0, |r| r.1),
+                orders: r.map_or(0, |r| r.2),
                 day: d,
             }
         })
         .collect();
+    let today_refunds_fen = rows.iter().find(|r| r.0 == today).map_or(0, |r| r.3);
+    let (today_revenue_fen, today_orders) =
+        days.last().map_or((0, 0), |d| (d.revenue_fen, d.orders));
+    let week_start = days.len().saturating_sub(7);
+    let revenue_by_day = days[week_start..]
+        .iter()
+        .map(|d| DayRevenue {
+            day: d.day.clone(),
+            revenue_fen: d.revenue_fen,
+        })
+        .collect();
+
+    let mut q = Sql::new(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'online' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN status = 'offline' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM locks WHERE deleted_at IS NULL",
+    );
+    scoped(&mut q, &scope);
+    let (locks_online, locks_offline) =
+        q.query_as::<(i64, i64)>().fetch_one(&state.db.pool).await?;
+
+    let mut q = Sql::new(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM alarms WHERE cleared_at IS NULL AND acked_at IS NULL",
+    );
+    scoped(&mut q, &scope);
+    let open_alarms = q.query_scalar::<i64>().fetch_one(&state.db.pool).await?;
+
+    // Ledger entries (not orders.status) so a paid-then-refunded order still counts as an
+    // order and its refund lowers the revenue, the same accounting as `days`.
+    let mut q = Sql::new(
+        "SELECT o.lock_id AS lock_id, l.name AS name, \
+         CAST(SUM(CASE WHEN e.kind = 'payment' THEN 1 ELSE 0 END) AS BIGINT) AS orders, \
+         CAST(SUM(e.amount_fen) AS BIGINT) AS revenue_fen \
+         FROM ledger_entries e JOIN orders o ON o.id = e.order_id JOIN locks l ON l.id = o.lock_id \
+         WHERE e.kind IN ('payment', 'refund') AND e.day >= ",
+    );
+    q.bind_text(first_day);
+    if let Some(m) = scope.merchant() {
+        q.push(" AND e.merchant_id = ").bind_text(m);
+    }
+    q.push(
+        " GROUP BY o.lock_id, l.name \
+         HAVING SUM(CASE WHEN e.kind = 'payment' THEN 1 ELSE 0 END) > 0 \
+         ORDER BY orders DESC, revenue_fen DESC, lock_id LIMIT 5",
+    );
+    let busiest_locks = q.query_as::<BusyLock>().fetch_all(&state.db.pool).await?;
+
     Ok(Json(Summary {
-        today_revenue_fen: revenue_by_day.last().map_or(0, |d| d.revenue_fen),
+        today_revenue_fen,
         today_orders,
+        today_refunds_fen,
         revenue_by_day,
+        days,
+        locks_online,
+        locks_offline,
+        open_alarms,
+        busiest_locks,
     }))
 }

@@ -14,6 +14,7 @@ on_every_backend!(
     merchant_refunds_rules_and_isolation,
     settlement_and_reconciliation,
     bad_input_is_never_a_500,
+    dashboard_summary_figures_and_isolation,
 );
 
 pub mod support {
@@ -922,6 +923,116 @@ mod scenarios {
         let summary = rb["items"][0]["summary"].as_str().unwrap();
         assert!(summary.contains("missing_notification"), "{rb}");
         assert!(summary.contains("paid_never_opened"), "{rb}");
+        app.stop().await;
+    }
+
+    pub async fn dashboard_summary_figures_and_isolation(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        // Tenant A: one order paid (300 fen) and partly refunded (100 fen) today.
+        let (id, _, payment_id) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        let (s, d) = app
+            .post(
+                &format!("/api/v1/orders/{id}/refund"),
+                &w.a.owner,
+                json!({ "reason": "broken hinge", "amount_fen": 100 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        // A's lock reported online; B's lock offline. A deleted online lock counts nowhere.
+        for (status, lock) in [("online", &w.a.lock_id), ("offline", &w.b.lock_id)] {
+            sqlx::query("UPDATE locks SET status = $1 WHERE id = $2")
+                .bind(status)
+                .bind(lock.clone())
+                .execute(&app.state.db.pool)
+                .await
+                .unwrap();
+        }
+        let (s, l2) = app
+            .post(
+                "/api/v1/locks",
+                &w.a.owner,
+                json!({ "gateway_id": w.a.gateway_id, "device_code": "DEV-a-2", "bus_address": 2 }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{l2}");
+        let l2 = l2["id"].as_str().unwrap().to_string();
+        sqlx::query("UPDATE locks SET status = 'online' WHERE id = $1")
+            .bind(l2.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (s, _) = app.delete(&format!("/api/v1/locks/{l2}"), &w.a.owner).await;
+        assert!(s.is_success(), "{s}");
+        // B acknowledges its seeded alarm: only A's stays open.
+        sqlx::query("UPDATE alarms SET acked_at = 2, acked_by = 'x' WHERE id = $1")
+            .bind(w.b.alarm_id.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+
+        let (s, a) = app.get("/api/v1/dashboard/summary", &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{a}");
+        assert_eq!(a["today_revenue_fen"], 200, "{a}");
+        assert_eq!(a["today_orders"], 1);
+        assert_eq!(a["today_refunds_fen"], 100);
+        assert_eq!(a["locks_online"], 1, "the deleted lock is not counted: {a}");
+        assert_eq!(a["locks_offline"], 0);
+        assert_eq!(a["open_alarms"], 1);
+        let days = a["days"].as_array().unwrap();
+        assert_eq!(days.len(), 30);
+        let today = days.last().unwrap();
+        assert_eq!(today["day"], a["revenue_by_day"][6]["day"]);
+        assert_eq!(today["revenue_fen"], 200);
+        assert_eq!(today["orders"], 1);
+        assert!(
+            days.windows(2)
+                .all(|p| p[0]["day"].as_str().unwrap() < p[1]["day"].as_str().unwrap()),
+            "oldest first, no repeats: {a}"
+        );
+        assert_eq!(
+            days.iter()
+                .map(|d| d["orders"].as_i64().unwrap())
+                .sum::<i64>(),
+            1
+        );
+        assert_eq!(a["revenue_by_day"].as_array().unwrap().len(), 7);
+        assert_eq!(a["revenue_by_day"][6]["revenue_fen"], 200);
+        let busiest = a["busiest_locks"].as_array().unwrap();
+        assert_eq!(busiest.len(), 1, "{a}");
+        assert_eq!(busiest[0]["lock_id"], w.a.lock_id.as_str());
+        assert_eq!(busiest[0]["orders"], 1);
+        assert_eq!(busiest[0]["revenue_fen"], 200);
+        assert!(busiest[0]["name"].is_string());
+
+        // Tenant B sees none of A's figures, only its own.
+        let (s, b) = app.get("/api/v1/dashboard/summary", &w.b.owner).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["today_revenue_fen"], 0, "{b}");
+        assert_eq!(b["today_orders"], 0);
+        assert_eq!(b["today_refunds_fen"], 0);
+        assert_eq!(b["locks_online"], 0);
+        assert_eq!(b["locks_offline"], 1);
+        assert_eq!(b["open_alarms"], 0);
+        assert_eq!(b["busiest_locks"].as_array().unwrap().len(), 0);
+        assert!(
+            b["days"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["orders"] == 0 && d["revenue_fen"] == 0),
+            "{b}"
+        );
+
+        // The platform admin sees both tenants.
+        let (s, all) = app.get("/api/v1/dashboard/summary", &w.admin).await;
+        assert_eq!(s, StatusCode::OK, "{all}");
+        assert_eq!(all["today_revenue_fen"], 200);
+        assert_eq!(all["locks_online"], 1);
+        assert_eq!(all["locks_offline"], 1);
+        assert_eq!(all["open_alarms"], 1);
         app.stop().await;
     }
 

@@ -10,6 +10,7 @@ on_every_backend!(
     users_of_a_merchant,
     mass_assignment_is_refused,
     enrollment_codes_are_one_time_and_stored_hashed,
+    locks_show_live_state,
 );
 
 mod scenarios {
@@ -332,6 +333,58 @@ mod scenarios {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         let (s, _) = app.login("cashier1", PASSWORD).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
+        app.stop().await;
+    }
+
+    pub async fn locks_show_live_state(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let path = format!("/api/v1/locks/{}", w.a.lock_id);
+        // Nothing reported yet: the fields are present and null.
+        let (s, l) = app.get(&path, &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        for f in ["door_closed", "locked", "fw_version", "last_heartbeat_at"] {
+            assert!(l.get(f).is_some_and(|v| v.is_null()), "{f} in {l}");
+        }
+        // What the gateway link writes (flags are BIGINT 0/1) shows on get and list.
+        sqlx::query(
+            "UPDATE locks SET door_closed = 1, locked = 0, fw_version = '1.4.2', \
+             last_heartbeat_at = 1700000000123, status = 'online' WHERE id = $1",
+        )
+        .bind(w.a.lock_id.clone())
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+        let (s, l) = app.get(&path, &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        assert_eq!(l["door_closed"], true, "{l}");
+        assert_eq!(l["locked"], false);
+        assert_eq!(l["fw_version"], "1.4.2");
+        assert_eq!(l["last_heartbeat_at"], 1_700_000_000_123_i64);
+        assert_eq!(l["status"], "online");
+        let (s, list) = app.get("/api/v1/locks", &w.a.staff).await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let item = &list["items"][0];
+        assert_eq!(item["id"], w.a.lock_id.as_str());
+        assert_eq!(item["door_closed"], true);
+        assert_eq!(item["locked"], false);
+        assert_eq!(item["fw_version"], "1.4.2");
+        assert_eq!(item["last_heartbeat_at"], 1_700_000_000_123_i64);
+        // B's lock is untouched and A's is not B's to see.
+        let (s, lb) = app
+            .get(&format!("/api/v1/locks/{}", w.b.lock_id), &w.b.owner)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(lb["door_closed"].is_null(), "{lb}");
+        let (s, _) = app.get(&path, &w.b.owner).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // A client may not set them.
+        let (s, b) = app
+            .patch(&path, &w.a.owner, json!({ "fw_version": "9.9.9" }))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(error_code(&b), "protected_field");
+        assert_eq!(b["error"]["details"]["field"], "fw_version");
         app.stop().await;
     }
 
