@@ -269,8 +269,29 @@ pub async fn transition(
     let won = q.query().execute(&mut *conn).await?.rows_affected() == 1;
     if won {
         record_transition(conn, order_id, Some(from), to, actor, reason, now).await?;
+        if to == Status::Refunding {
+            revoke_order_token(conn, order_id).await?;
+        }
     }
     Ok(won)
+}
+
+/// A fully refunded order's unlock token must not open the door any more (the person may
+/// still hold it as an offline QR code). Its id goes on the gateway's revocation list in the
+/// same transaction as the `refunding` transition; the gateway receives the list with its
+/// next sync.
+async fn revoke_order_token(conn: &mut AnyConnection, order_id: &str) -> Result<(), ApiError> {
+    let row: Option<(String, Option<String>, Option<i64>)> =
+        sqlx::query_as("SELECT gateway_id, token_id, token_not_after FROM orders WHERE id = $1")
+            .bind(order_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((gateway_id, Some(token_id), not_after_ms)) = row {
+        // Revocations are kept until the token would have expired anyway (Unix seconds).
+        let not_after_s = not_after_ms.map_or(i64::MAX / 1000, |ms| ms / 1000);
+        crate::link::sync::revoke_token(conn, &gateway_id, &token_id, not_after_s).await?;
+    }
+    Ok(())
 }
 
 /// Order transitions this process has recorded, by target status, for
@@ -314,7 +335,9 @@ pub(crate) async fn record_transition(
         "INSERT INTO order_transitions (id, order_id, from_status, to_status, actor, reason, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(new_id())
+    // Time-ordered (v7, monotonic within the process) so that transitions recorded in
+    // the same millisecond still list in the order they happened (`ORDER BY at, id`).
+    .bind(uuid::Uuid::now_v7().to_string())
     .bind(order_id.to_string())
     .bind(from.map(|f| f.as_str().to_string()))
     .bind(to.as_str().to_string())

@@ -741,6 +741,19 @@ mod scenarios {
         assert_eq!(r.refunds_sent, 1);
         assert_eq!(order_status(&app, &id2).await, "refunded");
         assert_eq!(ledger_sum(&app, &id2).await, 0);
+        // The refunded order's token is revoked at its gateway; the opened order's is not.
+        let revoked = "SELECT COUNT(*) FROM token_revocations r JOIN orders o \
+             ON o.token_id = r.token_id AND o.gateway_id = r.gateway_id WHERE o.id = $1";
+        assert_eq!(
+            scalar(&app, revoked, &id2).await,
+            1,
+            "refunded order's token revoked"
+        );
+        assert_eq!(
+            scalar(&app, revoked, &id).await,
+            0,
+            "an opened order's token stays"
+        );
         // Opening after the refund went out: flagged for review, not reversed.
         gateway_event(
             &app,
@@ -1094,10 +1107,18 @@ mod scenarios {
             "bad Idempotency-Key"
         );
         let big = "x".repeat(2 << 20);
-        let r = post(big.clone(), "key-00000006").await.unwrap();
+        // Oversize bodies on clients of their own: after a 413 the server closes a
+        // connection whose body it did not read, which a pooled connection would trip over.
+        let r = reqwest::Client::new()
+            .post(app.url_of("/api/v1/public/orders"))
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", "key-00000006")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let r = app
-            .client
+        let r = reqwest::Client::new()
             .post(app.url_of("/api/v1/payments/notify/sandbox"))
             .body(big)
             .send()
