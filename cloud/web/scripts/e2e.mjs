@@ -476,6 +476,7 @@ try {
     if (await page.locator('[data-test=report-items]').count()) {
       await page.locator('[data-test=report-items]').first().click()
       await page.waitForSelector('.reconciliation-items .el-table, .reconciliation-items .el-empty')
+      await page.waitForTimeout(500) // the drawer slides in
       check(!(await page.locator('.reconciliation-items .el-result').count()), 'a report\'s differences open in the drawer')
       await shot(page, '42-reconciliation-items')
       await page.keyboard.press('Escape')
@@ -516,6 +517,7 @@ try {
     ])
     const saved = readFileSync(await download.path())
     check(saved.equals(good), `the download is the uploaded image byte for byte (${download.suggestedFilename()})`)
+    await page.waitForTimeout(500) // tags and the message settle
     await shot(page, '46-firmware')
     await logout(page)
   } else {
