@@ -346,7 +346,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             orders::handlers::get,
         )
         .add(
-            post,
+            post.clone(),
             "/api/v1/orders/{id}/refund",
             Perm(P::OrderRefund),
             orders::handlers::refund,
@@ -368,6 +368,43 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             "/api/v1/reconciliation/reports",
             Perm(P::SettlementRead),
             orders::handlers::reports,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/reconciliation/reports/{id}/items",
+            Perm(P::SettlementRead),
+            orders::handlers::report_items,
+        )
+        // Firmware releases: admins publish, technicians download to flash.
+        .add(
+            get.clone(),
+            "/api/v1/firmware-releases",
+            Perm(P::FirmwareDownload),
+            crate::firmware::list,
+        )
+        .add(
+            post.clone(),
+            "/api/v1/firmware-releases",
+            Perm(P::FirmwareManage),
+            crate::firmware::upload,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/firmware-releases/{id}",
+            Perm(P::FirmwareDownload),
+            crate::firmware::get,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/firmware-releases/{id}/image",
+            Perm(P::FirmwareDownload),
+            crate::firmware::image,
+        )
+        .add(
+            post,
+            "/api/v1/firmware-releases/{id}/withdraw",
+            Perm(P::FirmwareManage),
+            crate::firmware::withdraw,
         )
         .add(
             get,

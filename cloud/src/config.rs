@@ -201,6 +201,38 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub log: LogConfig,
     pub orders: OrdersSection,
+    pub firmware: FirmwareSection,
+}
+
+/// Firmware releases (`[firmware]`): which vendor keys an uploaded image must be signed
+/// with, and how large an upload may be.
+#[derive(Clone, Debug)]
+pub struct FirmwareSection {
+    /// Trusted vendor public keys by key id, from `"ID:BASE64URL, ID:BASE64URL"` (the
+    /// same notation as `dmr-tech fw inspect --vendor-key`). Empty: every upload is refused.
+    pub vendor_keys: BTreeMap<u32, ed25519_dalek::VerifyingKey>,
+    /// Largest image accepted by the upload endpoint (413 above it).
+    pub max_image_bytes: usize,
+}
+
+/// Parses `firmware.vendor_keys`: comma-separated `ID:BASE64URL` pairs.
+pub fn parse_vendor_keys(text: &str) -> Result<BTreeMap<u32, ed25519_dalek::VerifyingKey>, String> {
+    let mut keys = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, key) = part
+            .split_once(':')
+            .ok_or_else(|| format!("{part:?} must be ID:BASE64URL"))?;
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("key id {id:?} is not a number 0..=4294967295"))?;
+        let key = dmr_protocol::keys::parse_public_b64u(key.trim())
+            .map_err(|e| format!("key {id}: {e}"))?;
+        if keys.insert(id, key).is_some() {
+            return Err(format!("key id {id} is listed twice"));
+        }
+    }
+    Ok(keys)
 }
 
 /// Order timing and payment providers (`[orders]`).
@@ -312,6 +344,8 @@ pub const KEYS: &[&str] = &[
     "orders.jobs",
     "orders.sandbox",
     "orders.sandbox_key",
+    "firmware.vendor_keys",
+    "firmware.max_image_bytes",
 ];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
@@ -489,7 +523,29 @@ impl Config {
                 sandbox: r.boolean("orders.sandbox", true),
                 sandbox_key: r.optional_string("orders.sandbox_key").map(Secret::new),
             },
+            firmware: FirmwareSection {
+                vendor_keys: BTreeMap::new(),
+                max_image_bytes: r.int(
+                    "firmware.max_image_bytes",
+                    4 << 20,
+                    4096,
+                    i64::from(dmr_protocol::firmware::MAX_PAYLOAD)
+                        + dmr_protocol::firmware::HEADER_LEN as i64,
+                ),
+            },
         };
+        if let Some(text) = r.optional_string("firmware.vendor_keys") {
+            match parse_vendor_keys(&text) {
+                Ok(keys) => config.firmware.vendor_keys = keys,
+                Err(message) => issues.push(ConfigIssue {
+                    path: "firmware.vendor_keys".into(),
+                    message: format!(
+                        "{message}; write the vendor public keys as ID:BASE64URL, \
+                         comma-separated (`dmr-tech fw keygen` prints one)"
+                    ),
+                }),
+            }
+        }
 
         // Cross-field checks, after every key parsed on its own.
         let url = config.database.url.expose();
@@ -921,6 +977,49 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn firmware_vendor_keys_are_validated() {
+        let key = dmr_protocol::keys::signing_key_from_seed([3u8; 32]).verifying_key();
+        let b64 = dmr_protocol::keys::public_b64u(&key);
+        let c = Config::load_from(
+            None,
+            env(&[
+                (
+                    "DMR_FIRMWARE_VENDOR_KEYS",
+                    format!(" 7:{b64} , 9:{b64}").as_str(),
+                ),
+                ("DMR_FIRMWARE_MAX_IMAGE_BYTES", "65536"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.firmware.vendor_keys.len(), 2);
+        assert_eq!(c.firmware.vendor_keys[&7], key);
+        assert_eq!(c.firmware.max_image_bytes, 65536);
+        assert!(
+            Config::load_from(None, env(&[]))
+                .unwrap()
+                .firmware
+                .vendor_keys
+                .is_empty()
+        );
+        for bad in [
+            "7".to_string(),
+            format!("x:{b64}"),
+            "7:not-a-key".to_string(),
+            format!("7:{b64},7:{b64}"),
+        ] {
+            let e = Config::load_from(None, env(&[("DMR_FIRMWARE_VENDOR_KEYS", bad.as_str())]))
+                .unwrap_err();
+            assert!(
+                e.0.iter().any(|i| i.path == "firmware.vendor_keys"),
+                "{bad}: {e}"
+            );
+        }
+        let e =
+            Config::load_from(None, env(&[("DMR_FIRMWARE_MAX_IMAGE_BYTES", "10")])).unwrap_err();
+        assert_eq!(e.0[0].path, "firmware.max_image_bytes");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum ApiError {
     ProtectedField(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// A body over a limit of its own (a firmware image), with a message naming the limit.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("too many requests")]
@@ -117,6 +120,12 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "request body is larger than the server accepts".into(),
+                Value::Null,
+            ),
+            TooLarge(message) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                message.clone(),
                 Value::Null,
             ),
             UnsupportedMediaType => (

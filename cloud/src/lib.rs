@@ -25,6 +25,7 @@ pub mod config;
 pub mod db;
 pub mod enrollment;
 pub mod error;
+pub mod firmware;
 pub mod gateways;
 pub mod health;
 pub mod http;

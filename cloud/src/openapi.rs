@@ -615,8 +615,75 @@ fn orders_paths(paths: &mut serde_json::Map<String, Value>) {
         "/api/v1/reconciliation/reports".into(),
         json!({ "get": rep }),
     );
+    let mut items = op(
+        "The items one reconciliation report found (paged; kind filters)",
+        Some("settlement:read"),
+        ok("ReportItemPage", "200"),
+        None,
+    );
+    items["parameters"] = query_params(&["page", "per_page", "kind"]);
+    paths.insert(
+        "/api/v1/reconciliation/reports/{id}/items".into(),
+        json!({ "parameters": id_param(), "get": items }),
+    );
+    firmware_paths(paths);
     paths.insert("/api/v1/dashboard/summary".into(), json!({
         "get": op("Today's revenue, orders and refunds; the last 30 days (and 7 for older clients); lock, alarm and busiest-lock figures (Asia/Shanghai days)", Some("order:read"), ok("DashboardSummary", "200"), None) }));
+}
+
+fn firmware_paths(paths: &mut serde_json::Map<String, Value>) {
+    let mut list = op(
+        "Firmware releases, newest version first (platform admins and technicians)",
+        Some("firmware:download"),
+        ok("FirmwareReleasePage", "200"),
+        None,
+    );
+    list["parameters"] = query_params(&["page", "per_page", "hardware", "status"]);
+    let mut upload = op(
+        "Publish a vendor-signed image (the file is the request body). Refused with 422 \
+         naming what is wrong: not an image, unknown hardware, version 0.0.0 or not the \
+         expected one, length, untrusted key, bad signature, payload hash",
+        Some("firmware:manage"),
+        ok("FirmwareRelease", "201"),
+        None,
+    );
+    upload["parameters"] = query_params(&["notes", "version"]);
+    upload["requestBody"] = json!({ "required": true,
+        "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+    upload["responses"]["409"] =
+        error_response("this version for this hardware was already published");
+    upload["responses"]["413"] = error_response("the image is over firmware.max_image_bytes");
+    paths.insert(
+        "/api/v1/firmware-releases".into(),
+        json!({ "get": list, "post": upload }),
+    );
+    paths.insert(
+        "/api/v1/firmware-releases/{id}".into(),
+        json!({ "parameters": id_param(),
+            "get": op("One firmware release", Some("firmware:download"), ok("FirmwareRelease", "200"), None) }),
+    );
+    let mut image = op(
+        "The signed image file, to flash with `dmr-tech flash --file`; X-Content-SHA256 is its hash",
+        Some("firmware:download"),
+        json!({ "200": { "description": "the image", "content": { "application/octet-stream": {} } } }),
+        None,
+    );
+    image["responses"]["409"] = error_response("the release was withdrawn");
+    paths.insert(
+        "/api/v1/firmware-releases/{id}/image".into(),
+        json!({ "parameters": id_param(), "get": image }),
+    );
+    let mut withdraw = op(
+        "Withdraw a release (soft: the row and its version number stay); reason required",
+        Some("firmware:manage"),
+        ok("FirmwareRelease", "200"),
+        Some("WithdrawRequest"),
+    );
+    withdraw["responses"]["409"] = error_response("already withdrawn");
+    paths.insert(
+        "/api/v1/firmware-releases/{id}/withdraw".into(),
+        json!({ "parameters": id_param(), "post": withdraw }),
+    );
 }
 
 fn orders_schemas() -> Value {
@@ -668,6 +735,20 @@ fn orders_schemas() -> Value {
             "id": s("string"), "merchant_id": ns, "provider": s("string"), "day": s("string"),
             "items_count": s("integer"), "summary": s("string"), "created_at": s("integer") } },
         "ReportPage": page_of("Report"),
+        "ReportItem": { "type": "object", "properties": {
+            "id": s("string"), "report_id": s("string"),
+            "kind": { "enum": ["missing_notification", "unknown_payment", "amount_mismatch", "paid_never_opened", "opened_without_payment"] },
+            "order_id": ns, "out_trade_no": ns, "detail": s("string") } },
+        "ReportItemPage": page_of("ReportItem"),
+        "FirmwareRelease": { "type": "object", "properties": {
+            "id": s("string"), "hardware": s("integer"), "version": s("string"),
+            "size_bytes": s("integer"), "payload_len": s("integer"),
+            "payload_sha256": s("string"), "image_sha256": s("string"), "key_id": s("integer"),
+            "notes": s("string"), "status": { "enum": ["published", "withdrawn"] },
+            "created_by": s("string"), "created_by_name": ns, "created_at": s("integer"),
+            "withdrawn_by": ns, "withdrawn_by_name": ns, "withdrawn_at": ni, "withdrawn_reason": ns } },
+        "FirmwareReleasePage": page_of("FirmwareRelease"),
+        "WithdrawRequest": obj(json!({ "reason": { "type": "string", "minLength": 1, "maxLength": 500 } }), &["reason"]),
         "DashboardSummary": { "type": "object", "properties": {
             "today_revenue_fen": s("integer"), "today_orders": s("integer"),
             "today_refunds_fen": s("integer"),

@@ -60,10 +60,12 @@ pub enum Permission {
     OrderRefund,
     SettlementRead,
     FirmwareManage,
+    /// Fetch a published firmware image to flash it (technicians on site).
+    FirmwareDownload,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::MerchantManage,
         Permission::VenueRead,
         Permission::VenueWrite,
@@ -75,6 +77,7 @@ impl Permission {
         Permission::OrderRefund,
         Permission::SettlementRead,
         Permission::FirmwareManage,
+        Permission::FirmwareDownload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl Permission {
             Permission::OrderRefund => "order:refund",
             Permission::SettlementRead => "settlement:read",
             Permission::FirmwareManage => "firmware:manage",
+            Permission::FirmwareDownload => "firmware:download",
         }
     }
 }
@@ -111,8 +115,9 @@ pub fn permissions_of(role: Role) -> &'static [Permission] {
             SettlementRead,
         ],
         Role::MerchantStaff => &[VenueRead, DeviceRead, DeviceUnlock, OrderRead],
-        // Technicians install gateways and wire locks; they see no money.
-        Role::Technician => &[VenueRead, DeviceRead, DeviceWrite],
+        // Technicians install gateways, wire locks and flash their firmware; they see no
+        // money.
+        Role::Technician => &[VenueRead, DeviceRead, DeviceWrite, FirmwareDownload],
     }
 }
 
@@ -158,6 +163,9 @@ mod tests {
         assert!(Role::MerchantStaff.has(Permission::DeviceUnlock));
         assert!(Role::Technician.has(Permission::DeviceWrite));
         assert!(!Role::Technician.has(Permission::OrderRead));
+        assert!(Role::Technician.has(Permission::FirmwareDownload));
+        assert!(!Role::Technician.has(Permission::FirmwareManage));
+        assert!(!Role::MerchantOwner.has(Permission::FirmwareDownload));
         assert!(Scope::All.allows("m1"));
         assert!(!Scope::Merchant("m2".into()).allows("m1"));
     }

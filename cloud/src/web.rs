@@ -9,12 +9,18 @@
 //!
 //! Caching: Vite names every asset by its content hash, so `/assets/*` is immutable for a
 //! year; HTML is `no-cache`, so a deploy is seen on the next load.
+//!
+//! Compression: the build (`scripts/compress.mjs`) writes `name.br` and `name.gz` next to
+//! every text file worth compressing. A client that accepts Brotli or gzip gets that
+//! file with `Content-Encoding`, anyone else the plain one; `Vary: Accept-Encoding` keeps
+//! shared caches from mixing them up. Compressing once at build time costs nothing per
+//! request and lets the build use the slowest, smallest settings.
 
 use std::path::{Component, Path, PathBuf};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use crate::AppState;
@@ -24,7 +30,12 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const NO_CACHE: &str = "no-cache";
 
 /// The fallback handler: the front end, or the API's 404/405.
-pub async fn fallback(State(state): State<AppState>, method: Method, uri: Uri) -> Response {
+pub async fn fallback(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let path = uri.path();
     if path == "/api" || path.starts_with("/api/") {
         return ApiError::NotFound.into_response();
@@ -38,10 +49,71 @@ pub async fn fallback(State(state): State<AppState>, method: Method, uri: Uri) -
     if let Some(code) = path.strip_prefix("/q/").filter(|c| is_lock_code(c)) {
         return Redirect::to(&format!("/h5/l/{code}")).into_response();
     }
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match resolve(dir, path).await {
-        Some((file, cache)) => file_response(&file, cache, method == Method::HEAD).await,
+        Some((file, cache)) => {
+            let (body_file, encoding) = precompressed(&file, accept).await;
+            let mut resp = file_response(&body_file, cache, method == Method::HEAD).await;
+            if resp.status() == StatusCode::OK {
+                let h = resp.headers_mut();
+                // The type is the original file's, whichever variant carries the bytes.
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(content_type(&file)),
+                );
+                h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+                if let Some(e) = encoding {
+                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+                }
+            }
+            resp
+        }
         None => ApiError::NotFound.into_response(),
     }
+}
+
+/// Encodings we keep precompressed variants for, best first, with their file suffix.
+const ENCODINGS: [(&str, &str); 2] = [("br", "br"), ("gzip", "gz")];
+
+/// Whether an `Accept-Encoding` value accepts `coding` (by name or `*`, with q > 0).
+fn accepts(accept: &str, coding: &str) -> bool {
+    let mut named = None;
+    let mut star = None;
+    for part in accept.split(',') {
+        let mut fields = part.split(';');
+        let name = fields.next().unwrap_or("").trim();
+        let q = fields
+            .filter_map(|f| f.trim().strip_prefix("q="))
+            .filter_map(|q| q.trim().parse::<f32>().ok())
+            .next()
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(coding) {
+            named = Some(q > 0.0);
+        } else if name == "*" {
+            star = Some(q > 0.0);
+        }
+    }
+    named.or(star).unwrap_or(false)
+}
+
+/// The precompressed variant of `file` the client accepts, if the build made one.
+async fn precompressed(file: &Path, accept: &str) -> (PathBuf, Option<&'static str>) {
+    for (coding, suffix) in ENCODINGS {
+        if !accepts(accept, coding) {
+            continue;
+        }
+        let mut name = file.as_os_str().to_owned();
+        name.push(".");
+        name.push(suffix);
+        let candidate = PathBuf::from(name);
+        if is_file(&candidate).await {
+            return (candidate, Some(coding));
+        }
+    }
+    (file.to_path_buf(), None)
 }
 
 /// Lock codes are URL-safe tokens; anything else is not redirected.
@@ -175,6 +247,20 @@ mod tests {
         assert_eq!(r("/missing.png").await, None);
         assert_eq!(r("/../etc/passwd").await, None);
         assert_eq!(r("/assets/../../secret").await, None);
+    }
+
+    #[test]
+    fn accept_encoding() {
+        assert!(accepts("gzip, deflate, br, zstd", "br"));
+        assert!(accepts("gzip, deflate, br, zstd", "gzip"));
+        assert!(accepts("GZIP", "gzip"));
+        assert!(!accepts("", "gzip"));
+        assert!(!accepts("identity", "gzip"));
+        assert!(!accepts("gzip;q=0, br", "gzip"));
+        assert!(accepts("gzip;q=0.5", "gzip"));
+        assert!(accepts("*", "br"));
+        assert!(!accepts("*, br;q=0", "br"));
+        assert!(!accepts("gzip;q=0.0", "gzip"));
     }
 
     #[test]

@@ -455,6 +455,74 @@ pub async fn reports(
     ))
 }
 
+/// The kinds of reconciliation item (the `reconciliation_items.kind` CHECK).
+pub const ITEM_KINDS: &[&str] = &[
+    "missing_notification",
+    "unknown_payment",
+    "amount_mismatch",
+    "paid_never_opened",
+    "opened_without_payment",
+];
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ReportItem {
+    pub id: String,
+    pub report_id: String,
+    pub kind: String,
+    pub order_id: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsQuery {
+    page: Option<String>,
+    per_page: Option<String>,
+    kind: Option<String>,
+}
+
+/// `GET /api/v1/reconciliation/reports/{id}/items`: what one report found, paged and
+/// optionally of one kind. The report is looked up in the caller's scope first, so another
+/// merchant's report (or a platform report, for a merchant) is a 404.
+pub async fn report_items(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<ItemsQuery>,
+) -> ApiResult<Json<Page<ReportItem>>> {
+    let paging = Paging::parse(q.page.as_deref(), q.per_page.as_deref())?;
+    let mut r = Sql::new("SELECT id FROM reconciliation_reports WHERE id = ");
+    r.bind_text(id.clone());
+    scoped(&mut r, &caller.scope());
+    r.query_scalar::<String>()
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut w = Sql::new(" WHERE report_id = ");
+    w.bind_text(id);
+    if let Some(kind) = q.kind {
+        if !ITEM_KINDS.contains(&kind.as_str()) {
+            return Err(ApiError::validation(
+                "kind",
+                format!("must be one of {ITEM_KINDS:?}"),
+            ));
+        }
+        w.push(" AND kind = ").bind_text(kind);
+    }
+    Ok(Json(
+        fetch_page(
+            &state.db,
+            "reconciliation_items",
+            "id, report_id, kind, order_id, out_trade_no, detail",
+            &w,
+            "kind, id",
+            paging,
+        )
+        .await?,
+    ))
+}
+
 #[derive(Debug, Serialize)]
 pub struct DayRevenue {
     pub day: String,

@@ -319,6 +319,7 @@ impl super::PaymentProvider for Sandbox {
 
 #[derive(Debug, sqlx::FromRow)]
 struct PagePayment {
+    order_id: String,
     out_trade_no: String,
     amount_fen: i64,
     status: String,
@@ -331,7 +332,7 @@ async fn page_payment(state: &AppState, id: &str) -> Result<PagePayment, ApiErro
         return Err(ApiError::NotFound);
     }
     sqlx::query_as::<_, PagePayment>(
-        "SELECT p.out_trade_no, p.amount_fen, p.status, o.plan_name, l.name AS lock_name \
+        "SELECT o.id AS order_id, p.out_trade_no, p.amount_fen, p.status, o.plan_name, l.name AS lock_name \
          FROM payments p JOIN orders o ON o.id = p.order_id JOIN locks l ON l.id = o.lock_id \
          WHERE p.id = $1 AND p.provider = 'sandbox'",
     )
@@ -364,9 +365,16 @@ pub async fn page(
         .map(|q| format!("?{}", escape(q)))
         .unwrap_or_default();
     let body = if p.status == "pending" {
+        // With JavaScript the payment is confirmed in place and the payer goes back to the
+        // order's live page without this page (or a form-result page) staying in the
+        // history: one "back" from the order page then leaves the order, as it should.
+        // Without JavaScript the form still works and its result page links back.
         format!(
             "<form method=\"post\" action=\"/pay/sandbox/{id}{query}\">\
-             <button type=\"submit\" style=\"font-size:1.2em;padding:.6em 2em\">确认支付</button></form>"
+             <button type=\"submit\" style=\"font-size:1.2em;padding:.6em 2em\">确认支付</button></form>\
+             <p id=\"pay-error\" style=\"color:#c00\"></p>\
+             <script>{script}</script>",
+            script = return_script(&p.order_id),
         )
     } else {
         "<p>该订单已支付或已关闭。</p>".to_string()
@@ -383,6 +391,30 @@ pub async fn page(
         amount = yuan(p.amount_fen),
         no = escape(&p.out_trade_no),
     )))
+}
+
+/// The H5 order page the payer came from.
+fn order_page(order_id: &str) -> String {
+    format!("/h5/o/{order_id}")
+}
+
+/// Confirms with `fetch`, then returns to the order page: `history.back()` when the payer
+/// came from it (the H5 page pushes the order page before leaving for the sandbox), else
+/// `location.replace`, so the sandbox never stays in the history either way.
+fn return_script(order_id: &str) -> String {
+    // The order id is a UUID read from the database: nothing to escape in a JS string.
+    format!(
+        "(function(){{var f=document.querySelector('form');if(!f||!window.fetch)return;\
+         var back={back:?};f.addEventListener('submit',function(e){{e.preventDefault();\
+         var b=f.querySelector('button');b.disabled=true;\
+         fetch(f.action,{{method:'POST'}}).then(function(r){{\
+         if(!r.ok)throw new Error('HTTP '+r.status);var from='';\
+         try{{from=new URL(document.referrer).pathname}}catch(x){{}}\
+         if(from===back&&history.length>1)history.back();else location.replace(back);}})\
+         .catch(function(x){{b.disabled=false;\
+         document.getElementById('pay-error').textContent='支付失败：'+x.message;}});}});}})();",
+        back = order_page(order_id),
+    )
 }
 
 /// What the payer asks the sandbox to do wrong.
@@ -449,12 +481,12 @@ pub async fn confirm(
     } else {
         deliver.await;
     }
-    Ok(Html(
+    Ok(Html(format!(
         "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><title>支付完成</title></head>\
          <body style=\"font-family:sans-serif;text-align:center\"><h1>支付完成</h1>\
-         <p>请返回订单页面查看开锁进度。</p></body></html>"
-            .to_string(),
-    ))
+         <p><a href=\"{back}\">返回订单页面</a>查看开锁进度。</p></body></html>",
+        back = order_page(&p.order_id),
+    )))
 }
 
 #[cfg(test)]

@@ -262,6 +262,7 @@ pub struct Tenant {
     /// Filled by `orders::support::seed_money` for the tests that need them.
     pub order_id: String,
     pub settlement_id: String,
+    pub report_id: String,
     /// An alarm raised on the tenant's lock (inserted directly: alarms come from gateways).
     pub alarm_id: String,
 }
@@ -363,6 +364,7 @@ pub async fn seed_tenant(app: &TestApp, admin: &str, tag: &str) -> Tenant {
         code_id,
         order_id: String::new(),
         settlement_id: String::new(),
+        report_id: String::new(),
     }
 }
 

@@ -7,6 +7,7 @@ mod broker;
 mod cli;
 mod common;
 mod errors;
+mod firmware;
 mod leases;
 mod link;
 mod link_support;

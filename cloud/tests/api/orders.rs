@@ -243,6 +243,13 @@ pub mod support {
             .fetch_one(&app.state.db.pool)
             .await
             .unwrap();
+            t.report_id = sqlx::query_scalar::<_, String>(
+                "SELECT id FROM reconciliation_reports WHERE merchant_id = $1",
+            )
+            .bind(t.merchant_id.clone())
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
         }
         w
     }
@@ -322,7 +329,11 @@ mod scenarios {
             .await
             .unwrap();
         assert_eq!(page.status(), StatusCode::OK);
-        assert!(page.text().await.unwrap().contains("确认支付"));
+        let html = page.text().await.unwrap();
+        assert!(html.contains("确认支付"));
+        // It returns to the order's H5 page without staying in the history.
+        assert!(html.contains(&format!("\"/h5/o/{id}\"")), "{html}");
+        assert!(html.contains("history.back()") && html.contains("location.replace"));
         assert_eq!(pay(&app, payment_id, "").await, StatusCode::OK);
         assert_eq!(order_status(&app, &id).await, "unlocking");
 
@@ -936,6 +947,55 @@ mod scenarios {
         let summary = rb["items"][0]["summary"].as_str().unwrap();
         assert!(summary.contains("missing_notification"), "{rb}");
         assert!(summary.contains("paid_never_opened"), "{rb}");
+
+        // The items behind the summary, paged and filtered by kind.
+        let rid = rb["items"][0]["id"].as_str().unwrap().to_string();
+        let items_url = format!("/api/v1/reconciliation/reports/{rid}/items");
+        let (s, items) = app.get(&items_url, &w.b.owner).await;
+        assert_eq!(s, StatusCode::OK, "{items}");
+        assert_eq!(items["total"], rb["items"][0]["items_count"], "{items}");
+        let kinds: Vec<&str> = items["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"missing_notification"), "{items}");
+        assert!(kinds.contains(&"paid_never_opened"), "{items}");
+        for i in items["items"].as_array().unwrap() {
+            assert_eq!(i["report_id"], rid.as_str());
+            assert_eq!(i["order_id"], o3.as_str(), "{i}");
+        }
+        let (s, one) = app
+            .get(
+                &format!("{items_url}?kind=paid_never_opened&per_page=1"),
+                &w.b.owner,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{one}");
+        assert_eq!(one["total"], 1, "{one}");
+        assert_eq!(one["items"][0]["kind"], "paid_never_opened");
+        let (s, b) = app
+            .get(&format!("{items_url}?kind=bogus"), &w.b.owner)
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(b["error"]["details"]["field"], "kind");
+        // Another merchant's report is not found; the platform admin sees it.
+        let (s, _) = app.get(&items_url, &w.a.owner).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, all) = app.get(&items_url, &w.admin).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(all["total"], items["total"]);
+        let (s, _) = app
+            .get(
+                &format!(
+                    "/api/v1/reconciliation/reports/{}/items",
+                    uuid::Uuid::new_v4()
+                ),
+                &w.admin,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
         app.stop().await;
     }
 

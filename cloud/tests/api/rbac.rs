@@ -14,7 +14,13 @@ mod scenarios {
 
     use crate::common::{DbKind, Tenant, TestApp, error_code, seed_world};
 
-    fn object_id<'a>(path: &str, t: &'a Tenant) -> &'a str {
+    /// Firmware releases belong to the platform, not to a merchant: every role that may
+    /// read them sees the same rows, so there is no other tenant's object to hide.
+    fn tenant_scoped(path: &str) -> bool {
+        !path.starts_with("/api/v1/firmware-releases")
+    }
+
+    fn object_id<'a>(path: &str, t: &'a Tenant, firmware_id: &'a str) -> &'a str {
         let kind = path
             .trim_start_matches("/api/v1/")
             .split('/')
@@ -30,13 +36,17 @@ mod scenarios {
             "orders" => &t.order_id,
             "settlements" => &t.settlement_id,
             "alarms" => &t.alarm_id,
+            "reconciliation" => &t.report_id,
+            "firmware-releases" => firmware_id,
             other => panic!("the matrix test does not know {other}: add it"),
         }
     }
 
     pub async fn role_route_matrix(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
+        let app = TestApp::spawn_with(kind, crate::firmware::support::trust_vendor_key).await;
         let w = crate::orders::support::seed_money(&app, seed_world(&app).await).await;
+        let firmware_id = crate::firmware::support::publish(&app, &w.admin, "1.0.1").await;
+        let firmware_id = firmware_id.as_str();
         let callers = [
             (Role::PlatformAdmin, w.admin.clone()),
             (Role::MerchantOwner, w.a.owner.clone()),
@@ -157,12 +167,16 @@ mod scenarios {
                     );
                     for (role, token) in &callers {
                         let own = if has_id {
-                            route.path.replace("{id}", object_id(route.path, &w.a))
+                            route
+                                .path
+                                .replace("{id}", object_id(route.path, &w.a, firmware_id))
                         } else {
                             route.path.to_string()
                         };
                         let other = if has_id {
-                            route.path.replace("{id}", object_id(route.path, &w.b))
+                            route
+                                .path
+                                .replace("{id}", object_id(route.path, &w.b, firmware_id))
                         } else {
                             route.path.to_string()
                         };
@@ -179,7 +193,7 @@ mod scenarios {
                                 );
                             }
                         } else if has_id {
-                            if *role != Role::PlatformAdmin {
+                            if *role != Role::PlatformAdmin && tenant_scoped(route.path) {
                                 let (s, b) = app
                                     .call(route.method.clone(), &other, Some(token), body.clone())
                                     .await;
@@ -203,7 +217,9 @@ mod scenarios {
                                 continue;
                             };
                             assert!(!items.is_empty(), "{what}: the seeded object is listed");
-                            if *role != Role::PlatformAdmin {
+                            // Platform-wide rows (firmware) have no merchant to check.
+                            let scoped = tenant_scoped(route.path);
+                            if scoped && *role != Role::PlatformAdmin {
                                 for item in items {
                                     assert_eq!(
                                         item["merchant_id"].as_str(),
@@ -211,7 +227,7 @@ mod scenarios {
                                         "{what} leaked {item}"
                                     );
                                 }
-                            } else if route.path != "/api/v1/merchants" {
+                            } else if scoped && route.path != "/api/v1/merchants" {
                                 assert!(
                                     items.iter().any(|i| i["merchant_id"].as_str()
                                         == Some(w.b.merchant_id.as_str())),

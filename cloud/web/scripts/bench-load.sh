@@ -10,6 +10,11 @@ BIN=${CLOUD_BIN:-../../target/debug/dmr-cloud}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
 PORT=$(free_port)
+MQTT_PORT=$(free_port)
+# The cloud needs a master key, and its embedded broker gets a free port (1883 may be taken).
+DMR_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
+export DMR_MASTER_KEY DMR_MQTT_EMBEDDED_LISTEN=127.0.0.1:$MQTT_PORT DMR_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT \
+  DMR_GATEWAY_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
 export DMR_SERVER_LISTEN=127.0.0.1:$PORT DMR_SERVER_PUBLIC_BASE_URL=http://127.0.0.1:$PORT \
   DMR_DATABASE_URL="sqlite://$WORK/dmr.db?mode=rwc" DMR_SERVER_WEB_DIR="$PWD/dist" DMR_LOG_FILTER=warn
 PASSWORD="bench-admin-$RANDOM-$RANDOM"
@@ -17,8 +22,9 @@ echo "$PASSWORD" | "$BIN" admin create-user --username bench-ops --display-name 
 "$BIN" serve >"$WORK/cloud.log" 2>&1 &
 CLOUD_PID=$!
 trap 'kill $CLOUD_PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" && break
   sleep 0.1
 done
+curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" || { echo "dmr-cloud did not start:"; cat "$WORK/cloud.log"; exit 1; }
 BENCH_BASE=http://127.0.0.1:$PORT BENCH_ADMIN=bench-ops BENCH_ADMIN_PASSWORD=$PASSWORD node scripts/bench-load.mjs

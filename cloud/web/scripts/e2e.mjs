@@ -26,6 +26,7 @@
 //                 staff unlock, refund from the console reaching the ledger.
 // scripts/test.sh runs it with E2E_ORDERS=1 E2E_LINK=1 E2E_REQUIRE_FULL=1.
 import { execSync } from 'node:child_process'
+import { createHash, createPrivateKey, sign } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { chromium } from 'playwright-core'
 
@@ -98,6 +99,27 @@ async function newPage(viewport, opts = {}) {
   })
   return page
 }
+/**
+ * A signed firmware image in the dmr_protocol::firmware format (PROTOCOL.md §5), as
+ * `dmr-tech fw sign` builds it: 52 signed header bytes, the Ed25519 signature over
+ * "DMR-FIRMWARE/1\0" + those bytes, then the payload. Hardware type 1 (lock controller).
+ */
+function firmwareImage(version, payload, keyId, key) {
+  const [major, minor, patch] = version.split('.').map(Number)
+  const h = Buffer.alloc(52)
+  h.write('DMRF', 0, 'latin1')
+  h[4] = 1
+  h[5] = 1
+  h[8] = major
+  h[9] = minor
+  h.writeUInt16BE(patch, 10)
+  h.writeUInt32BE(payload.length, 12)
+  createHash('sha256').update(payload).digest().copy(h, 16)
+  h.writeUInt32BE(keyId, 48)
+  const sig = sign(null, Buffer.concat([Buffer.from('DMR-FIRMWARE/1\0', 'latin1'), h]), key)
+  return Buffer.concat([h, sig, payload])
+}
+
 const shot = (page, name) => page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true })
 
 /** Calls the API with the page's session (whoever is logged in there). */
@@ -322,15 +344,20 @@ try {
     await h5.click('.pay-bar button')
     await h5.waitForURL('**/pay/sandbox/**')
     await shot(h5, '21-h5-sandbox')
+    // Confirming returns by itself to the order page pushed before leaving for the sandbox,
+    // and the sandbox does not stay in the history: one "back" from the order page goes to
+    // the lock page (it used to take two presses to get off the sandbox's pages).
     await h5.click('button[type=submit]')
-    await h5.waitForSelector('h1:has-text("支付完成")')
-    // The sandbox's confirm is a form POST (a second history entry): back twice, as a
-    // person would, to the order page that was pushed before leaving for the sandbox.
-    for (let i = 0; i < 3 && !new URL(h5.url()).pathname.startsWith('/h5/o/'); i++) await h5.goBack()
     await h5.waitForURL('**/h5/o/**')
     orderId = new URL(h5.url()).pathname.split('/').pop()
     await h5.waitForSelector('[data-testid=order-status]')
-    check(true, `order ${orderId.slice(0, 8)} paid in the sandbox, back on its live page`)
+    check(true, `order ${orderId.slice(0, 8)} paid in the sandbox, back on its live page without pressing back`)
+    await h5.goBack()
+    await h5.waitForURL('**/h5/l/**')
+    check(new URL(h5.url()).pathname === `/h5/l/${lock.qr_code}`, 'a single back from the order page leaves for the lock page (sandbox not in the history)')
+    await h5.goForward()
+    await h5.waitForURL('**/h5/o/**')
+    await h5.waitForSelector('[data-testid=order-status]')
     if (GATES.link) {
       await until(async () => /已开锁|已完成/.test(await h5.locator('[data-testid=order-status]').innerText()), 'H5 shows unlocked', 30_000)
       check(true, 'H5 shows the lock opened (live)')
@@ -445,10 +472,60 @@ try {
     await page.waitForSelector('.el-table, .el-empty')
     check(!(await page.locator('.el-result').count()), 'reconciliation reports load (no error state)')
     await shot(page, '41-reconciliation')
+    // Reports exist once a day has been reconciled; when one is listed, its differences open.
+    if (await page.locator('[data-test=report-items]').count()) {
+      await page.locator('[data-test=report-items]').first().click()
+      await page.waitForSelector('.reconciliation-items .el-table, .reconciliation-items .el-empty')
+      await page.waitForTimeout(500) // the drawer slides in
+      check(!(await page.locator('.reconciliation-items .el-result').count()), 'a report\'s differences open in the drawer')
+      await shot(page, '42-reconciliation-items')
+      await page.keyboard.press('Escape')
+    }
     await logout(page)
   }
 
-  // 11. Phone layout and English.
+  // 11. Platform admin: firmware releases (the vendor key comes from scripts/e2e.sh).
+  if (process.env.E2E_FW_KEY) {
+    const key = createPrivateKey({ key: Buffer.from(process.env.E2E_FW_KEY, 'base64'), format: 'der', type: 'pkcs8' })
+    const keyId = Number(process.env.E2E_FW_KEY_ID ?? 7)
+    const version = `2.${Number.parseInt(run.slice(-3), 36) % 250}.7`
+    const payload = Buffer.alloc(4096, 0xa5)
+    const good = firmwareImage(version, payload, keyId, key)
+    const tampered = Buffer.from(good)
+    tampered[200] ^= 0x01
+    await login(page, ADMIN, ADMIN_PASSWORD)
+    await menu('固件')
+    await page.waitForSelector('h2:has-text("固件发布")')
+    await page.click('[data-test=firmware-upload]')
+    const dialog = page.locator('.firmware-upload')
+    expectedRefusals.add('422 /api/v1/firmware-releases')
+    await dialog.locator('[data-test=firmware-file]').setInputFiles({ name: 'tampered.bin', mimeType: 'application/octet-stream', buffer: tampered })
+    await dialog.locator('[data-test=firmware-submit]').click()
+    await dialog.locator('.el-form-item__error').first().waitFor()
+    const err = await dialog.locator('.el-form-item__error').first().innerText()
+    check(err.includes('SHA-256'), `a tampered image is refused, the reason under the file field (${err.replace(/\s+/g, ' ').trim()})`)
+    await shot(page, '45-firmware-refused')
+    await dialog.locator('[data-test=firmware-file]').setInputFiles({ name: 'good.bin', mimeType: 'application/octet-stream', buffer: good })
+    await dialog.locator('[data-test=firmware-version]').fill(version)
+    await dialog.locator('[data-test=firmware-notes]').fill('E2E 门磁去抖')
+    await dialog.locator('[data-test=firmware-submit]').click()
+    await page.waitForSelector(`.el-table__row:has-text("${version}")`)
+    check(true, `the signed image ${version} is published and listed`)
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      page.locator(`.el-table__row:has-text("${version}") [data-test=firmware-download]`).click(),
+    ])
+    const saved = readFileSync(await download.path())
+    check(saved.equals(good), `the download is the uploaded image byte for byte (${download.suggestedFilename()})`)
+    await page.waitForTimeout(500) // tags and the message settle
+    await shot(page, '46-firmware')
+    await logout(page)
+  } else {
+    skipped.push('firmware releases page [E2E_FW_KEY]')
+    console.log('SKIP - firmware releases page (no E2E_FW_KEY vendor key)')
+  }
+
+  // 12. Phone layout and English.
   await login(page, owner, ownerPassword)
   await page.setViewportSize({ width: 390, height: 800 })
   await page.click('.header button[aria-label=menu]')

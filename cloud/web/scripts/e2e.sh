@@ -32,6 +32,13 @@ if [ "${E2E_ORDERS:-}" = 1 ]; then
   # after its grace period) finishes within the walk-through.
   export DMR_ORDERS_UNLOCK_TIMEOUT_SECS=${DMR_ORDERS_UNLOCK_TIMEOUT_SECS:-10} DMR_ORDERS_REFUND_GRACE_SECS=${DMR_ORDERS_REFUND_GRACE_SECS:-3}
 fi
+# A throwaway firmware vendor key: the cloud trusts its public half, e2e.mjs signs with it.
+eval "$(node -e "
+const c = require('node:crypto')
+const { publicKey, privateKey } = c.generateKeyPairSync('ed25519')
+console.log('export E2E_FW_KEY_ID=7 E2E_FW_KEY=' + privateKey.export({ format: 'der', type: 'pkcs8' }).toString('base64') +
+  ' DMR_FIRMWARE_VENDOR_KEYS=7:' + publicKey.export({ format: 'jwk' }).x)
+")"
 PASSWORD="e2e-admin-$RANDOM-$RANDOM"
 echo "$PASSWORD" | "$BIN" admin create-user --username e2e-ops --display-name E2E >/dev/null
 "$BIN" serve >"$WORK/cloud.log" 2>&1 &

@@ -13,6 +13,9 @@ describe('permissions and menus', () => {
     expect(can('merchant_staff', 'device:unlock')).toBe(true)
     expect(can('technician', 'device:write')).toBe(true)
     expect(can('technician', 'order:read')).toBe(false)
+    expect(can('technician', 'firmware:download')).toBe(true)
+    expect(can('technician', 'firmware:manage')).toBe(false)
+    expect(can('merchant_owner', 'firmware:download')).toBe(false)
     expect(permissionsOf('nobody')).toEqual([])
     expect(can(null, 'venue:read')).toBe(false)
   })
@@ -29,10 +32,11 @@ describe('permissions and menus', () => {
       'settlements',
       'reconciliation',
       'users',
+      'firmware',
     ])
     expect(names('merchant_owner')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders', 'alarms', 'settlements', 'users'])
     expect(names('merchant_staff')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'orders', 'alarms'])
-    expect(names('technician')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'alarms'])
+    expect(names('technician')).toEqual(['dashboard', 'venues', 'gateways', 'locks', 'alarms', 'firmware'])
     expect(names(null)).toEqual([])
     expect(names('unknown_role')).toEqual([])
   })

@@ -15,6 +15,7 @@ export type IconName =
   | 'merchant'
   | 'alarm'
   | 'reconciliation'
+  | 'firmware'
 
 export interface MenuItem {
   /** Route name (router.ts) */
@@ -44,6 +45,8 @@ export const MENU: readonly MenuItem[] = [
     perm: 'merchant:manage',
   },
   { name: 'users', path: '/users', titleKey: 'menu.users', icon: 'user', perm: 'user:manage' },
+  // Platform admins publish; technicians download to flash.
+  { name: 'firmware', path: '/firmware', titleKey: 'menu.firmware', icon: 'firmware', perm: 'firmware:download' },
 ]
 
 export function visibleMenu(role: string | null | undefined): MenuItem[] {

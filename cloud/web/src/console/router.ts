@@ -92,6 +92,12 @@ export const routes: RouteRecordRaw[] = [
         meta: { perm: 'merchant:manage', titleKey: 'menu.reconciliation' },
       },
       {
+        path: 'firmware',
+        name: 'firmware',
+        component: () => import('./views/FirmwareView.vue'),
+        meta: { perm: 'firmware:download', titleKey: 'menu.firmware' },
+      },
+      {
         path: 'settlements',
         name: 'settlements',
         component: () => import('./views/SettlementsView.vue'),

@@ -75,6 +75,8 @@ export interface RequestOptions {
   signal?: AbortSignal
   /** Extra request headers (Idempotency-Key, X-Device-Session, Accept, …). */
   headers?: Record<string, string>
+  /** A file sent as the body as it is (firmware images), instead of JSON `body`. */
+  file?: Blob
 }
 
 export interface AuthHooks {
@@ -119,7 +121,9 @@ export class HttpClient {
 
   private async send(method: string, path: string, opts: RequestOptions): Promise<Response> {
     const headers: Record<string, string> = { Accept: 'application/json', ...opts.headers }
-    if (opts.body !== undefined) {
+    if (opts.file !== undefined) {
+      headers['Content-Type'] = 'application/octet-stream'
+    } else if (opts.body !== undefined) {
       headers['Content-Type'] = 'application/json'
     }
     const useAuth = opts.auth !== false && this.hooks !== undefined
@@ -131,7 +135,7 @@ export class HttpClient {
       return await this.fetchImpl(this.baseUrl + path + buildQuery(opts.query), {
         method,
         headers,
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        body: opts.file ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)),
         signal: opts.signal,
       })
     } catch (e) {
@@ -180,6 +184,10 @@ export class HttpClient {
   }
   post<T>(path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {
     return this.request<T>('POST', path, { ...opts, body })
+  }
+  /** POSTs a file as the raw body (application/octet-stream), query parameters alongside. */
+  upload<T>(path: string, file: Blob, query?: Query | object, opts: RequestOptions = {}): Promise<T> {
+    return this.request<T>('POST', path, { ...opts, query, file })
   }
   patch<T>(path: string, body: unknown, opts: RequestOptions = {}): Promise<T> {
     return this.request<T>('PATCH', path, { ...opts, body })

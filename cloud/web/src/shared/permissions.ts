@@ -17,6 +17,7 @@ export const PERMISSIONS = [
   'order:refund',
   'settlement:read',
   'firmware:manage',
+  'firmware:download',
 ] as const
 export type Permission = (typeof PERMISSIONS)[number]
 
@@ -34,8 +35,8 @@ const MATRIX: Record<Role, readonly Permission[]> = {
     'settlement:read',
   ],
   merchant_staff: ['venue:read', 'device:read', 'device:unlock', 'order:read'],
-  // Technicians install gateways and wire locks; they see no money.
-  technician: ['venue:read', 'device:read', 'device:write'],
+  // Technicians install gateways, wire locks and flash firmware; they see no money.
+  technician: ['venue:read', 'device:read', 'device:write', 'firmware:download'],
 }
 
 export function isRole(s: string): s is Role {

@@ -202,9 +202,27 @@ export const settlementsApi = {
   csv: (id: string) => api.download(`${V1}/settlements/${seg(id)}/csv`),
 }
 
+export const RECONCILIATION_KINDS = [
+  'missing_notification',
+  'unknown_payment',
+  'amount_mismatch',
+  'paid_never_opened',
+  'opened_without_payment',
+] as const
+
+export interface ReportItemParams {
+  page?: number
+  per_page?: number
+  /** One of RECONCILIATION_KINDS; empty for all. */
+  kind?: string
+}
+
 export const reconciliationApi = {
   /** Platform admins: the three-way reconciliation reports. */
   list: (p: ReportListParams) => api.get<Page<ReconciliationReport>>(`${V1}/reconciliation/reports`, p),
+  /** What one report found, paged, optionally of one kind. */
+  items: (reportId: string, p: ReportItemParams) =>
+    api.get<Page<ReconciliationItem>>(`${V1}/reconciliation/reports/${seg(reportId)}/items`, p),
 }
 
 export const dashboardApi = {
