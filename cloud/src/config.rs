@@ -201,6 +201,10 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub log: LogConfig,
     pub orders: OrdersSection,
+    /// WeChat Pay, offered to payers when `wechatpay.mchid` is set (the sandbox stays the
+    /// default provider either way). Validated into usable keys here, so a bad key file
+    /// stops `serve` with exit 78 before anything listens.
+    pub wechatpay: Option<dmr_wechatpay::WechatPayConfig>,
 }
 
 /// Order timing and payment providers (`[orders]`).
@@ -312,7 +316,25 @@ pub const KEYS: &[&str] = &[
     "orders.jobs",
     "orders.sandbox",
     "orders.sandbox_key",
+    "wechatpay.mchid",
+    "wechatpay.appid",
+    "wechatpay.merchant_serial_no",
+    "wechatpay.private_key_file",
+    "wechatpay.api_v3_key",
+    "wechatpay.platform_certificate_files",
+    "wechatpay.public_key_id",
+    "wechatpay.public_key_file",
+    "wechatpay.notify_url",
+    "wechatpay.refund_notify_url",
+    "wechatpay.base_url",
+    "wechatpay.request_timeout_ms",
+    "wechatpay.retry_attempts",
+    "wechatpay.breaker_failures",
+    "wechatpay.breaker_cool_down_secs",
 ];
+
+/// Keys that hold secrets and are therefore read only from the environment, never a file.
+const ENV_ONLY_KEYS: &[&str] = &["wechatpay.api_v3_key"];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
 pub const MASTER_KEY_ENV: &str = "DMR_MASTER_KEY";
@@ -489,7 +511,9 @@ impl Config {
                 sandbox: r.boolean("orders.sandbox", true),
                 sandbox_key: r.optional_string("orders.sandbox_key").map(Secret::new),
             },
+            wechatpay: None,
         };
+        config.wechatpay = wechatpay_section(&mut r, &config.server.public_base_url);
 
         // Cross-field checks, after every key parsed on its own.
         let url = config.database.url.expose();
@@ -650,6 +674,15 @@ fn flatten(
                     file.display()
                 ),
             }),
+            _ if ENV_ONLY_KEYS.contains(&path.as_str()) => issues.push(ConfigIssue {
+                message: format!(
+                    "a secret, read only from the environment ({}), never from a file \
+                     (in file {}); remove it there",
+                    env_name(&path),
+                    file.display()
+                ),
+                path,
+            }),
             _ if KEYS.contains(&path.as_str()) => {
                 out.insert(
                     path,
@@ -660,6 +693,147 @@ fn flatten(
                 path,
                 message: format!("unknown key (in file {})", file.display()),
             }),
+        }
+    }
+}
+
+/// The `[wechatpay]` section: nothing when `mchid` is unset (and then no other key may be
+/// set, so a half-written section is not silently ignored); otherwise every key is read, the
+/// key files loaded and the whole thing validated by the client's own checks, all problems
+/// reported at once. File contents and the API v3 key never reach a message.
+fn wechatpay_section(
+    r: &mut Reader<'_>,
+    public_base_url: &str,
+) -> Option<dmr_wechatpay::WechatPayConfig> {
+    let set: Vec<&str> = KEYS
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with("wechatpay.") && r.raw.contains_key(*k))
+        .collect();
+    let Some(mchid) = r.optional_string("wechatpay.mchid") else {
+        for k in set {
+            r.issues.push(ConfigIssue {
+                path: k.into(),
+                message: "set wechatpay.mchid to enable WeChat Pay, or remove this key".into(),
+            });
+        }
+        return None;
+    };
+    let before = r.issues.len();
+    fn required(r: &mut Reader<'_>, path: &str) -> String {
+        let v = r.optional_string(path).unwrap_or_default();
+        if v.is_empty() {
+            r.issues.push(ConfigIssue {
+                path: path.into(),
+                message: "required when wechatpay.mchid is set".into(),
+            });
+        }
+        v
+    }
+    fn read(r: &mut Reader<'_>, path: &str, file: &str) -> String {
+        match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                r.issues.push(ConfigIssue {
+                    path: path.into(),
+                    message: format!("cannot read {file}: {e}"),
+                });
+                String::new()
+            }
+        }
+    }
+    let appid = required(r, "wechatpay.appid");
+    let serial = required(r, "wechatpay.merchant_serial_no");
+    let key_file = required(r, "wechatpay.private_key_file");
+    let api_v3_key = r.optional_string("wechatpay.api_v3_key").unwrap_or_default();
+    if api_v3_key.is_empty() {
+        r.issues.push(ConfigIssue {
+            path: "wechatpay.api_v3_key".into(),
+            message: format!(
+                "required when wechatpay.mchid is set; put the 32-character API v3 key in {}",
+                env_name("wechatpay.api_v3_key")
+            ),
+        });
+    }
+    let private_key = if key_file.is_empty() {
+        String::new()
+    } else {
+        read(r, "wechatpay.private_key_file", &key_file)
+    };
+    let certs: Vec<String> = r
+        .optional_string("wechatpay.platform_certificate_files")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|f| read(r, "wechatpay.platform_certificate_files", &f))
+        .collect();
+    let public_key = match (
+        r.optional_string("wechatpay.public_key_id"),
+        r.optional_string("wechatpay.public_key_file"),
+    ) {
+        (None, None) => None,
+        (Some(id), Some(file)) => Some(dmr_wechatpay::PublicKeyConfig {
+            id,
+            pem: read(r, "wechatpay.public_key_file", &file),
+        }),
+        _ => {
+            r.issues.push(ConfigIssue {
+                path: "wechatpay.public_key_id".into(),
+                message: "wechatpay.public_key_id and wechatpay.public_key_file go together".into(),
+            });
+            None
+        }
+    };
+    let default_notify = format!("{public_base_url}/api/v1/payments/notify/wechatpay");
+    let notify_url = r.string("wechatpay.notify_url", &default_notify);
+    // Refund notifications come to the same route (it tells them apart by event type).
+    let refund_notify_url = r.string("wechatpay.refund_notify_url", &notify_url);
+    let base_url = r.string("wechatpay.base_url", dmr_wechatpay::PRODUCTION_BASE_URL);
+    let timeout_ms: u64 = r.int("wechatpay.request_timeout_ms", 10_000, 100, 120_000);
+    let attempts: u32 = r.int("wechatpay.retry_attempts", 3, 1, 10);
+    let failures: u32 = r.int("wechatpay.breaker_failures", 5, 1, 1000);
+    let cool_down: u64 = r.int("wechatpay.breaker_cool_down_secs", 30, 1, 3600);
+    if r.issues.len() > before {
+        return None;
+    }
+    let mut c = dmr_wechatpay::WechatPayConfig::new(
+        mchid,
+        appid,
+        serial,
+        private_key,
+        api_v3_key,
+        notify_url,
+    );
+    c.platform_certificates_pem = certs;
+    c.wechatpay_public_key = public_key;
+    c.refund_notify_url = Some(refund_notify_url);
+    c.base_url = base_url;
+    c.request_timeout = std::time::Duration::from_millis(timeout_ms);
+    c.connect_timeout = c.request_timeout.min(std::time::Duration::from_secs(5));
+    c.retry.max_attempts = attempts;
+    c.breaker.failure_threshold = failures;
+    c.breaker.cool_down = std::time::Duration::from_secs(cool_down);
+    match c.validate() {
+        Ok(_) => Some(c),
+        Err(dmr_wechatpay::Error::Config(problems)) => {
+            for p in problems {
+                r.issues.push(ConfigIssue {
+                    path: "wechatpay".into(),
+                    message: p,
+                });
+            }
+            None
+        }
+        Err(e) => {
+            r.issues.push(ConfigIssue {
+                path: "wechatpay".into(),
+                message: e.to_string(),
+            });
+            None
         }
     }
 }

@@ -15,3 +15,4 @@ mod orders;
 mod rbac;
 mod resources;
 mod web;
+mod wechatpay;
