@@ -771,8 +771,8 @@ mod scenarios {
             with("body_after_signing"),
             with("signature"),
             with("signtest"),
-            notes::Spec { timestamp: notes::now_s() - 301, ..good.clone() },
-            notes::Spec { timestamp: notes::now_s() + 301, ..good.clone() },
+            notes::Spec { timestamp: notes::now_s() - 360, ..good.clone() },
+            notes::Spec { timestamp: notes::now_s() + 360, ..good.clone() },
             // Signed by the public key but claiming the certificate's serial.
             notes::Spec { serial: k.public_key_id.clone(), ..good.clone() },
         ];
