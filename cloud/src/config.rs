@@ -745,7 +745,9 @@ fn wechatpay_section(
     let appid = required(r, "wechatpay.appid");
     let serial = required(r, "wechatpay.merchant_serial_no");
     let key_file = required(r, "wechatpay.private_key_file");
-    let api_v3_key = r.optional_string("wechatpay.api_v3_key").unwrap_or_default();
+    let api_v3_key = r
+        .optional_string("wechatpay.api_v3_key")
+        .unwrap_or_default();
     if api_v3_key.is_empty() {
         r.issues.push(ConfigIssue {
             path: "wechatpay.api_v3_key".into(),
@@ -1218,7 +1220,10 @@ mod tests {
         std::fs::write(&cert, s("platform_certificate_pem")).unwrap();
         std::fs::write(&public, s("wechatpay_public_key_pem")).unwrap();
         let e = vec![
-            ("DMR_SERVER_PUBLIC_BASE_URL", "https://pay.example.com".to_string()),
+            (
+                "DMR_SERVER_PUBLIC_BASE_URL",
+                "https://pay.example.com".to_string(),
+            ),
             ("DMR_WECHATPAY_MCHID", s("mchid")),
             ("DMR_WECHATPAY_APPID", s("appid")),
             ("DMR_WECHATPAY_MERCHANT_SERIAL_NO", s("merchant_serial_no")),
@@ -1229,7 +1234,10 @@ mod tests {
                 cert.display().to_string(),
             ),
             ("DMR_WECHATPAY_PUBLIC_KEY_ID", s("wechatpay_public_key_id")),
-            ("DMR_WECHATPAY_PUBLIC_KEY_FILE", public.display().to_string()),
+            (
+                "DMR_WECHATPAY_PUBLIC_KEY_FILE",
+                public.display().to_string(),
+            ),
         ];
         (
             e.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -1249,38 +1257,57 @@ mod tests {
             wx.notify_url,
             "https://pay.example.com/api/v1/payments/notify/wechatpay"
         );
-        assert_eq!(wx.refund_notify_url.as_deref(), Some(wx.notify_url.as_str()));
+        assert_eq!(
+            wx.refund_notify_url.as_deref(),
+            Some(wx.notify_url.as_str())
+        );
         assert_eq!(wx.base_url, dmr_wechatpay::PRODUCTION_BASE_URL);
         assert_eq!(wx.platform_certificates_pem.len(), 1);
         assert!(wx.wechatpay_public_key.is_some());
         let shown = format!("{c:?}");
         assert!(!shown.contains(&v3), "the API v3 key never prints");
-        assert!(!shown.contains("BEGIN PRIVATE KEY"), "the private key never prints");
+        assert!(
+            !shown.contains("BEGIN PRIVATE KEY"),
+            "the private key never prints"
+        );
 
         // Half a section, an unreadable key file, a bad key, an http notify URL: all reported.
         let err = Config::load_from(None, env(&[("DMR_WECHATPAY_APPID", "wx1")])).unwrap_err();
         assert_eq!(err.0[0].path, "wechatpay.appid", "{err}");
         let mut bad = vars.clone();
         bad.retain(|(k, _)| k != "DMR_WECHATPAY_API_V3_KEY" && k != "DMR_SERVER_PUBLIC_BASE_URL");
-        bad.push(("DMR_WECHATPAY_PRIVATE_KEY_FILE".into(), "/nonexistent/key.pem".into()));
+        bad.push((
+            "DMR_WECHATPAY_PRIVATE_KEY_FILE".into(),
+            "/nonexistent/key.pem".into(),
+        ));
         let err = Config::load_from(None, bad).unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
         assert!(paths.contains(&"wechatpay.api_v3_key"), "{err}");
         assert!(paths.contains(&"wechatpay.private_key_file"), "{err}");
         let mut bad = vars.clone();
         bad.push(("DMR_WECHATPAY_API_V3_KEY".into(), "too-short-v3-key".into()));
-        bad.push(("DMR_WECHATPAY_NOTIFY_URL".into(), "http://plain.example".into()));
+        bad.push((
+            "DMR_WECHATPAY_NOTIFY_URL".into(),
+            "http://plain.example".into(),
+        ));
         let err = Config::load_from(None, bad).unwrap_err().to_string();
-        assert!(err.contains("api_v3_key") && err.contains("notify_url"), "{err}");
+        assert!(
+            err.contains("api_v3_key") && err.contains("notify_url"),
+            "{err}"
+        );
         assert!(!err.contains("too-short-v3-key"), "{err}");
         std::fs::write(dir.path().join("apiclient_key.pem"), "not a key").unwrap();
-        let err = Config::load_from(None, vars.clone()).unwrap_err().to_string();
+        let err = Config::load_from(None, vars.clone())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("merchant_private_key_pem"), "{err}");
 
         // The API v3 key is a secret: environment only.
         let file = dir.path().join("c.toml");
         std::fs::write(&file, format!("[wechatpay]\napi_v3_key = \"{v3}\"\n")).unwrap();
-        let err = Config::load_from(Some(&file), vars).unwrap_err().to_string();
+        let err = Config::load_from(Some(&file), vars)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DMR_WECHATPAY_API_V3_KEY"), "{err}");
         assert!(!err.contains(&v3), "{err}");
     }

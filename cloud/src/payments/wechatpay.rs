@@ -86,7 +86,10 @@ fn bill_time_ms(text: &str) -> Option<i64> {
     let start = shanghai_day_start(day)?;
     let mut parts = time.split(':').map(|p| p.parse::<i64>().ok());
     let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
-    if parts.next().is_some() || !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..61).contains(&s)
+    if parts.next().is_some()
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&m)
+        || !(0..61).contains(&s)
     {
         return None;
     }
@@ -392,7 +395,10 @@ mod tests {
             rfc3339_shanghai(start + 13 * 3_600_000 + 5 * 60_000 + 7_000),
             "2026-01-01T13:05:07+08:00"
         );
-        assert_eq!(bill_time_ms("2026-01-01 13:05:07"), Some(start + 47_107_000));
+        assert_eq!(
+            bill_time_ms("2026-01-01 13:05:07"),
+            Some(start + 47_107_000)
+        );
         assert_eq!(bill_time_ms("2026-01-01 24:00:00"), None);
         assert_eq!(bill_time_ms("2026-01-01"), None);
         assert_eq!(bill_time_ms("2026-01-01 1:2"), None);

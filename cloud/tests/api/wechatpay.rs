@@ -111,11 +111,9 @@ pub mod fake {
             let fake = Fake {
                 world: Arc::new(Mutex::new(World::default())),
                 keys: Arc::new(keys.clone()),
-                merchant: RsaPublicKey::from_public_key_pem(&keys.merchant_public_key_pem)
-                    .unwrap(),
+                merchant: RsaPublicKey::from_public_key_pem(&keys.merchant_public_key_pem).unwrap(),
                 platform: RsaPrivateKey::from_pkcs8_pem(&keys.platform_private_key_pem).unwrap(),
-                wechatpay: RsaPrivateKey::from_pkcs8_pem(&keys.wechatpay_private_key_pem)
-                    .unwrap(),
+                wechatpay: RsaPrivateKey::from_pkcs8_pem(&keys.wechatpay_private_key_pem).unwrap(),
                 addr: listener.local_addr().unwrap(),
             };
             let app = axum::Router::new()
@@ -145,7 +143,13 @@ pub mod fake {
                 .collect()
         }
 
-        fn check_signature(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+        fn check_signature(
+            &self,
+            method: &Method,
+            uri: &Uri,
+            headers: &HeaderMap,
+            body: &[u8],
+        ) -> Result<(), String> {
             let auth = headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
@@ -178,7 +182,9 @@ pub mod fake {
                 get("nonce_str")?,
                 String::from_utf8_lossy(body)
             );
-            let sig = STANDARD.decode(get("signature")?).map_err(|_| "signature b64")?;
+            let sig = STANDARD
+                .decode(get("signature")?)
+                .map_err(|_| "signature b64")?;
             self.merchant
                 .verify(
                     Pkcs1v15Sign::new::<Sha256>(),
@@ -191,7 +197,11 @@ pub mod fake {
         /// An answer signed as WeChat Pay signs it: with the public key when the request
         /// named its id in `Wechatpay-Serial`, with the platform certificate otherwise.
         fn signed(&self, request: &HeaderMap, status: StatusCode, body: &Value) -> Response {
-            let body = if body.is_null() { String::new() } else { body.to_string() };
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
             let wants_public_key = request
                 .get("wechatpay-serial")
                 .and_then(|v| v.to_str().ok())
@@ -205,7 +215,10 @@ pub mod fake {
             let nonce = uuid::Uuid::new_v4().simple().to_string();
             let message = format!("{ts}\n{nonce}\n{body}\n");
             let sig = key
-                .sign(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message.as_bytes()))
+                .sign(
+                    Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(message.as_bytes()),
+                )
                 .unwrap();
             let mut resp = (status, body).into_response();
             let h = resp.headers_mut();
@@ -397,7 +410,13 @@ pub mod notes {
         }
     }
 
-    pub fn refund(k: &Keys, id: &str, out_trade_no: &str, out_refund_no: &str, amount: i64) -> Spec {
+    pub fn refund(
+        k: &Keys,
+        id: &str,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        amount: i64,
+    ) -> Spec {
         Spec {
             id: id.into(),
             event_type: "REFUND.SUCCESS".into(),
@@ -550,7 +569,14 @@ pub mod support {
     /// A new JSAPI order on the tenant's lock: (order id, access key, out_trade_no).
     pub async fn new_order(app: &TestApp, t: &crate::common::Tenant) -> (String, String, String) {
         let (qr, plan) = crate::orders::support::lock_qr_and_plan(app, t).await;
-        let (s, b) = create_order(app, &qr, &plan, &Uuid::new_v4().to_string(), Some("oTestPayer")).await;
+        let (s, b) = create_order(
+            app,
+            &qr,
+            &plan,
+            &Uuid::new_v4().to_string(),
+            Some("oTestPayer"),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         let id = b["order"]["id"].as_str().unwrap().to_string();
         let no = out_trade_no(app, &id).await;
@@ -570,7 +596,11 @@ pub mod support {
         deliver_without(app, m, None).await
     }
 
-    pub async fn deliver_without(app: &TestApp, m: &Made, drop_header: Option<&str>) -> (StatusCode, String) {
+    pub async fn deliver_without(
+        app: &TestApp,
+        m: &Made,
+        drop_header: Option<&str>,
+    ) -> (StatusCode, String) {
         let mut req = app
             .client
             .post(app.url_of("/api/v1/payments/notify/wechatpay"))
@@ -636,11 +666,24 @@ mod scenarios {
         // The lock page offers WeChat Pay next to the sandbox.
         let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
         let (s, lock) = app
-            .call(reqwest::Method::GET, &format!("/api/v1/public/locks/{qr}"), None, None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/public/locks/{qr}"),
+                None,
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{lock}");
-        let offered: Vec<&str> = lock["providers"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-        assert!(offered.contains(&"wechat") && offered.contains(&"sandbox"), "{offered:?}");
+        let offered: Vec<&str> = lock["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            offered.contains(&"wechat") && offered.contains(&"sandbox"),
+            "{offered:?}"
+        );
 
         // JSAPI: the phone gets the parameters for getBrandWCPayRequest.
         let (s, a) = create_order(&app, &qr, &plan, "wx-tap-000001", Some("oTestPayer")).await;
@@ -651,11 +694,17 @@ mod scenarios {
         assert_eq!(p["provider"], "wechat");
         assert_eq!(p["jsapi"]["appId"], k.appid.as_str());
         assert_eq!(p["jsapi"]["signType"], "RSA");
-        assert!(p["jsapi"]["package"].as_str().unwrap().starts_with("prepay_id=wx"));
+        assert!(
+            p["jsapi"]["package"]
+                .as_str()
+                .unwrap()
+                .starts_with("prepay_id=wx")
+        );
         assert!(!p["jsapi"]["paySign"].as_str().unwrap().is_empty());
         let no = out_trade_no(&app, &id).await;
         let prepay = fake.hits("/v3/pay/transactions/jsapi");
         assert_eq!(prepay.len(), 1);
+        assert_eq!(prepay[0].method, "POST");
         let sent = &prepay[0].body;
         assert_eq!(sent["out_trade_no"], no.as_str());
         assert_eq!(sent["amount"]["total"], 300, "the plan's price, in fen");
@@ -668,12 +717,21 @@ mod scenarios {
         let (qr_b, plan_b) = lock_qr_and_plan(&app, &w.b).await;
         let (s, b) = create_order(&app, &qr_b, &plan_b, "wx-tap-000002", None).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
-        assert!(b["payment"]["code_url"].as_str().unwrap().starts_with("weixin://wxpay/"));
+        assert!(
+            b["payment"]["code_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("weixin://wxpay/")
+        );
         assert!(b["payment"].get("jsapi").is_none());
         let id_b = b["order"]["id"].as_str().unwrap().to_string();
         let no_b = out_trade_no(&app, &id_b).await;
         assert_eq!(fake.hits("/v3/pay/transactions/native").len(), 1);
-        assert!(fake.world().bad_signatures.is_empty(), "{:?}", fake.world().bad_signatures);
+        assert!(
+            fake.world().bad_signatures.is_empty(),
+            "{:?}",
+            fake.world().bad_signatures
+        );
 
         // Paid: a notification signed with the platform certificate for order a, one signed
         // with the WeChat Pay public key for order b.
@@ -705,17 +763,23 @@ mod scenarios {
         assert_eq!(ledger_count(&app, &id, "payment").await, 1);
         assert_eq!(ledger_sum(&app, &id).await, 300);
         assert_eq!(
-            count(&app, "SELECT COUNT(*) FROM payment_notifications WHERE notification_id = 'EV-a-0001'").await,
+            count(
+                &app,
+                "SELECT COUNT(*) FROM payment_notifications WHERE notification_id = 'EV-a-0001'"
+            )
+            .await,
             1
         );
-        let (txn, status): (String, String) = sqlx::query_as(
-            "SELECT provider_txn_id, status FROM payments WHERE out_trade_no = $1",
-        )
-        .bind(no.clone())
-        .fetch_one(&app.state.db.pool)
-        .await
-        .unwrap();
-        assert_eq!((txn.as_str(), status.as_str()), ("42000EVa0001", "succeeded"));
+        let (txn, status): (String, String) =
+            sqlx::query_as("SELECT provider_txn_id, status FROM payments WHERE out_trade_no = $1")
+                .bind(no.clone())
+                .fetch_one(&app.state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (txn.as_str(), status.as_str()),
+            ("42000EVa0001", "succeeded")
+        );
 
         // A fresh delivery of the same payment under a new notification id (WeChat Pay
         // resends with new ids at times) is idempotent by transaction too.
@@ -728,7 +792,10 @@ mod scenarios {
 
         // Token → unlock → door, as with the sandbox.
         let sent = rec.sent();
-        let mine: Vec<_> = sent.iter().filter(|(gw, _)| gw.to_string() == w.a.gateway_id).collect();
+        let mine: Vec<_> = sent
+            .iter()
+            .filter(|(gw, _)| gw.to_string() == w.a.gateway_id)
+            .collect();
         assert_eq!(mine.len(), 1, "one cmd unlock for order a");
         let token = UnlockToken::from_text(&mine[0].1).unwrap();
         assert_eq!(token.claims().order_id.to_string(), id);
@@ -742,10 +809,25 @@ mod scenarios {
             .await;
         assert_eq!(s, StatusCode::OK, "{t}");
         assert_eq!(t["token"].as_str().unwrap(), mine[0].1);
-        gateway_event(&app, &w.a.gateway_id, unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud)).await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
-        gateway_event(&app, &w.a.gateway_id, door_event(&w.a.lock_id, DoorChange::Opened)).await;
-        gateway_event(&app, &w.a.gateway_id, door_event(&w.a.lock_id, DoorChange::Closed)).await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Opened),
+        )
+        .await;
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            door_event(&w.a.lock_id, DoorChange::Closed),
+        )
+        .await;
         assert_eq!(order_status(&app, &id).await, "completed");
         assert!(fake.world().bad_signatures.is_empty());
         app.stop().await;
@@ -771,17 +853,26 @@ mod scenarios {
             with("body_after_signing"),
             with("signature"),
             with("signtest"),
-            notes::Spec { timestamp: notes::now_s() - 360, ..good.clone() },
-            notes::Spec { timestamp: notes::now_s() + 360, ..good.clone() },
+            notes::Spec {
+                timestamp: notes::now_s() - 360,
+                ..good.clone()
+            },
+            notes::Spec {
+                timestamp: notes::now_s() + 360,
+                ..good.clone()
+            },
             // Signed by the public key but claiming the certificate's serial.
-            notes::Spec { serial: k.public_key_id.clone(), ..good.clone() },
+            notes::Spec {
+                serial: k.public_key_id.clone(),
+                ..good.clone()
+            },
         ];
         // The wrong key entirely: a serial nobody configured (signed by the platform key).
         let mut unknown = good.clone();
         unknown.serial = "PUB_KEY_ID_0000000000000000000000000000000000".into();
         specs.push(good.clone());
         let made = make(&k, &specs).await;
-        let mut made_unknown = make(&k, &[good.clone()]).await.remove(0);
+        let mut made_unknown = make(&k, std::slice::from_ref(&good)).await.remove(0);
         for (h, v) in made_unknown.headers.iter_mut() {
             if h == "Wechatpay-Serial" {
                 *v = unknown.serial.clone();
@@ -796,8 +887,15 @@ mod scenarios {
         }
         let genuine = made[10].clone();
         let names = [
-            "ciphertext", "tag", "nonce", "associated_data", "body_after_signing", "signature",
-            "signtest", "stale", "future",
+            "ciphertext",
+            "tag",
+            "nonce",
+            "associated_data",
+            "body_after_signing",
+            "signature",
+            "signtest",
+            "stale",
+            "future",
         ];
         let mut cases: Vec<(String, super::notes::Made, Option<&str>)> = names
             .iter()
@@ -806,7 +904,12 @@ mod scenarios {
             .collect();
         cases.push(("cross-signed".into(), cross, None));
         cases.push(("unknown serial".into(), made_unknown, None));
-        for h in ["Wechatpay-Serial", "Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature"] {
+        for h in [
+            "Wechatpay-Serial",
+            "Wechatpay-Timestamp",
+            "Wechatpay-Nonce",
+            "Wechatpay-Signature",
+        ] {
             cases.push((format!("missing {h}"), genuine.clone(), Some(h)));
         }
         for (name, m, drop) in &cases {
@@ -814,13 +917,21 @@ mod scenarios {
             assert!(s.is_client_error(), "{name}: {s} {text}");
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{name}: {text}"));
             assert_eq!(v["code"], "FAIL", "{name}: WeChat's failure body: {text}");
-            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {text}");
+            assert!(
+                v["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{name}: {text}"
+            );
             assert_eq!(footprint(&app).await, before, "{name} changed something");
         }
         assert_eq!(order_status(&app, &id).await, "created");
 
         // Authentic but wrong: amount, merchant id, app id. Refused and alerted.
-        let alerts = || count(&app, "SELECT COUNT(*) FROM payment_alerts WHERE kind = 'notification_mismatch'");
+        let alerts = || {
+            count(
+                &app,
+                "SELECT COUNT(*) FROM payment_alerts WHERE kind = 'notification_mismatch'",
+            )
+        };
         assert_eq!(alerts().await, 0);
         let mut amount = notes::payment(&k, "EV-mis-amount", &no, 299, true);
         amount.resource["amount"]["payer_total"] = json!(299);
@@ -833,7 +944,11 @@ mod scenarios {
             let (s, text) = deliver(&app, m).await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "mismatch {i}: {text}");
             assert!(text.contains("\"FAIL\""), "{text}");
-            assert_eq!(footprint(&app).await, before, "mismatch {i} changed something");
+            assert_eq!(
+                footprint(&app).await,
+                before,
+                "mismatch {i} changed something"
+            );
             assert_eq!(alerts().await, i as i64 + 1, "mismatch {i} alerted");
         }
 
@@ -869,9 +984,19 @@ mod scenarios {
             let (s, b) = create_order(&app, &qr, &plan, "outage-key-1", Some("oTestPayer")).await;
             assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
             assert_eq!(error_code(&b), "payment_unavailable");
-            assert!(b["error"]["message"].as_str().unwrap().contains("circuit breaker"), "{b}");
+            assert!(
+                b["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("circuit breaker"),
+                "{b}"
+            );
         }
-        assert_eq!(fake.hits("/v3/pay/transactions/jsapi").len(), 3, "no pile-up while open");
+        assert_eq!(
+            fake.hits("/v3/pay/transactions/jsapi").len(),
+            3,
+            "no pile-up while open"
+        );
         // Other lock, other order: the same quick refusal.
         let (qr_b, plan_b) = lock_qr_and_plan(&app, &w.b).await;
         let (s, b) = create_order(&app, &qr_b, &plan_b, "outage-key-2", None).await;
@@ -880,20 +1005,28 @@ mod scenarios {
 
         // WeChat Pay is back: after the cool-down one trial goes through and closes it.
         fake.world().outage = false;
-        eventually("the breaker lets a trial through", Duration::from_secs(10), || {
-            let app = &app;
-            let (qr, plan) = (qr.clone(), plan.clone());
-            async move {
-                let (s, _) = create_order(app, &qr, &plan, "outage-key-1", Some("oTestPayer")).await;
-                s == StatusCode::OK
-            }
-        })
+        eventually(
+            "the breaker lets a trial through",
+            Duration::from_secs(10),
+            || {
+                let app = &app;
+                let (qr, plan) = (qr.clone(), plan.clone());
+                async move {
+                    let (s, _) =
+                        create_order(app, &qr, &plan, "outage-key-1", Some("oTestPayer")).await;
+                    s == StatusCode::OK
+                }
+            },
+        )
         .await;
         let (s, last) = create_order(&app, &qr, &plan, "outage-key-1", Some("oTestPayer")).await;
         assert_eq!(s, StatusCode::OK, "{last}");
         assert!(last["payment"]["jsapi"]["paySign"].is_string(), "{last}");
         let hits = fake.hits("/v3/pay/transactions/jsapi");
-        let nos: std::collections::BTreeSet<_> = hits.iter().map(|h| h.body["out_trade_no"].to_string()).collect();
+        let nos: std::collections::BTreeSet<_> = hits
+            .iter()
+            .map(|h| h.body["out_trade_no"].to_string())
+            .collect();
         assert_eq!(nos.len(), 1, "every attempt carried the same out_trade_no");
         assert!(fake.world().bad_signatures.is_empty());
         app.stop().await;
@@ -906,7 +1039,9 @@ mod scenarios {
 
         // The reconciler: paid in WeChat, notification never came.
         let (id, _, no) = new_order(&app, &w.a).await;
-        fake.world().paid.insert(no.clone(), ("4200000000000000000000000009".into(), 300));
+        fake.world()
+            .paid
+            .insert(no.clone(), ("4200000000000000000000000009".into(), 300));
         run_once(&app.state, now_ms() + 5_000).await.unwrap();
         assert_eq!(order_status(&app, &id).await, "created", "too early to ask");
         assert!(fake.hits("/v3/pay/transactions/out-trade-no/").is_empty());
@@ -926,7 +1061,11 @@ mod scenarios {
         // A merchant refund; WeChat Pay fails the first request, the retry reuses the number.
         fake.world().fail_next_refunds = 1;
         let (s, r) = app
-            .post(&format!("/api/v1/orders/{id}/refund"), &w.a.owner, json!({ "reason": "门锁未打开" }))
+            .post(
+                &format!("/api/v1/orders/{id}/refund"),
+                &w.a.owner,
+                json!({ "reason": "门锁未打开" }),
+            )
             .await;
         assert!(s.is_success(), "{r}");
         let mut t = now_ms() + 1_000;
@@ -946,7 +1085,11 @@ mod scenarios {
         assert_eq!(body["amount"]["total"], 300);
         assert_eq!(body["reason"], "门锁未打开");
         assert_eq!(body["notify_url"], NOTIFY_URL);
-        assert_eq!(ledger_count(&app, &id, "refund").await, 0, "not booked while processing");
+        assert_eq!(
+            ledger_count(&app, &id, "refund").await,
+            0,
+            "not booked while processing"
+        );
 
         // Later rounds ask about it with the same number; still processing, nothing booked.
         t += 10 * 60_000;
@@ -957,7 +1100,11 @@ mod scenarios {
         assert_eq!(ledger_count(&app, &id, "refund").await, 0);
 
         // The refund notification finishes it, once, however often it comes.
-        let made = make(&k, &[notes::refund(&k, "EV-refund-1", &no, &out_refund_no, 300)]).await;
+        let made = make(
+            &k,
+            &[notes::refund(&k, "EV-refund-1", &no, &out_refund_no, 300)],
+        )
+        .await;
         for _ in 0..3 {
             let (s, text) = deliver(&app, &made[0]).await;
             assert_eq!(s, StatusCode::NO_CONTENT, "{text}");
@@ -969,10 +1116,24 @@ mod scenarios {
             .unwrap();
         assert_eq!(status, "succeeded");
         assert_eq!(ledger_count(&app, &id, "refund").await, 1);
-        assert_eq!(ledger_sum(&app, &id).await, 0, "paid and refunded: sums to zero");
+        assert_eq!(
+            ledger_sum(&app, &id).await,
+            0,
+            "paid and refunded: sums to zero"
+        );
         assert_eq!(order_status(&app, &id).await, "refunded");
         // A refund notification for a number we never issued is refused.
-        let made = make(&k, &[notes::refund(&k, "EV-refund-2", &no, &format!("R{}", Uuid::new_v4().simple()), 300)]).await;
+        let made = make(
+            &k,
+            &[notes::refund(
+                &k,
+                "EV-refund-2",
+                &no,
+                &format!("R{}", Uuid::new_v4().simple()),
+                300,
+            )],
+        )
+        .await;
         let (s, text) = deliver(&app, &made[0]).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{text}");
         assert!(fake.world().bad_signatures.is_empty());
