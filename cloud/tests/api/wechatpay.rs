@@ -713,8 +713,14 @@ mod scenarios {
         assert_eq!(sent["notify_url"], NOTIFY_URL);
         assert!(sent["time_expire"].as_str().unwrap().ends_with("+08:00"));
 
-        // Native (outside WeChat): a code_url for a QR code.
+        // An openid that cannot be one is bad input, not a provider problem.
         let (qr_b, plan_b) = lock_qr_and_plan(&app, &w.b).await;
+        let (s, e) =
+            create_order(&app, &qr_b, &plan_b, "wx-tap-bad-openid", Some("o<script>")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert_eq!(e["error"]["details"]["field"], "openid", "{e}");
+
+        // Native (outside WeChat): a code_url for a QR code.
         let (s, b) = create_order(&app, &qr_b, &plan_b, "wx-tap-000002", None).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         assert!(
