@@ -7,6 +7,8 @@
 //! provider's notification id commit in ONE transaction. Only after that commit is it
 //! answered 2xx, so a crash before the answer makes the provider redeliver, and the
 //! redelivery finds the notification row and changes nothing (but is answered 2xx).
+//! Failures are the usual API error body, except for `wechatpay`, which gets the body WeChat
+//! Pay reads, `{"code":"FAIL","message":...}`, with the same status.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
