@@ -30,6 +30,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 # Brokers, serial peers, databases.
 apt_install mosquitto mosquitto-clients socat mbpoll python3-venv postgresql-15 postgresql-client-15
 
+# The wechatpay API tests make their notifications with an independent implementation
+# (cloud/tests/api/wechatpay_notify.py, Python `cryptography`).
+apt_install python3-cryptography
+
 # Checkers of the operations examples (scripts/check-ops-configs.sh): promtool comes with
 # Debian's prometheus package, nginx -t with nginx-light; the services themselves are not used.
 apt_install prometheus nginx-light

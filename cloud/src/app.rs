@@ -578,6 +578,12 @@ async fn build_orders(
         providers.add(sb.clone());
         sandbox = Some(sb);
     }
+    if let Some(wx) = &config.wechatpay {
+        // The config was validated at load; this only fails on a client build problem.
+        let provider = payments::wechatpay::WechatPay::new(wx)
+            .map_err(|e| anyhow::anyhow!("wechatpay: {e}"))?;
+        providers.add(Arc::new(provider));
+    }
     let access = db
         .shared_secret("order_access_hmac", auth::store::new_refresh_secret)
         .await?;

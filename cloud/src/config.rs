@@ -202,6 +202,10 @@ pub struct Config {
     pub log: LogConfig,
     pub orders: OrdersSection,
     pub firmware: FirmwareSection,
+    /// WeChat Pay, offered to payers when `wechatpay.mchid` is set (the sandbox stays the
+    /// default provider either way). Validated into usable keys here, so a bad key file
+    /// stops `serve` with exit 78 before anything listens.
+    pub wechatpay: Option<dmr_wechatpay::WechatPayConfig>,
 }
 
 /// Firmware releases (`[firmware]`): which vendor keys an uploaded image must be signed
@@ -346,7 +350,25 @@ pub const KEYS: &[&str] = &[
     "orders.sandbox_key",
     "firmware.vendor_keys",
     "firmware.max_image_bytes",
+    "wechatpay.mchid",
+    "wechatpay.appid",
+    "wechatpay.merchant_serial_no",
+    "wechatpay.private_key_file",
+    "wechatpay.api_v3_key",
+    "wechatpay.platform_certificate_files",
+    "wechatpay.public_key_id",
+    "wechatpay.public_key_file",
+    "wechatpay.notify_url",
+    "wechatpay.refund_notify_url",
+    "wechatpay.base_url",
+    "wechatpay.request_timeout_ms",
+    "wechatpay.retry_attempts",
+    "wechatpay.breaker_failures",
+    "wechatpay.breaker_cool_down_secs",
 ];
+
+/// Keys that hold secrets and are therefore read only from the environment, never a file.
+const ENV_ONLY_KEYS: &[&str] = &["wechatpay.api_v3_key"];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
 pub const MASTER_KEY_ENV: &str = "DMR_MASTER_KEY";
@@ -546,6 +568,9 @@ impl Config {
                 }),
             }
         }
+            wechatpay: None,
+        };
+        config.wechatpay = wechatpay_section(&mut r, &config.server.public_base_url);
 
         // Cross-field checks, after every key parsed on its own.
         let url = config.database.url.expose();
@@ -706,6 +731,15 @@ fn flatten(
                     file.display()
                 ),
             }),
+            _ if ENV_ONLY_KEYS.contains(&path.as_str()) => issues.push(ConfigIssue {
+                message: format!(
+                    "a secret, read only from the environment ({}), never from a file \
+                     (in file {}); remove it there",
+                    env_name(&path),
+                    file.display()
+                ),
+                path,
+            }),
             _ if KEYS.contains(&path.as_str()) => {
                 out.insert(
                     path,
@@ -716,6 +750,149 @@ fn flatten(
                 path,
                 message: format!("unknown key (in file {})", file.display()),
             }),
+        }
+    }
+}
+
+/// The `[wechatpay]` section: nothing when `mchid` is unset (and then no other key may be
+/// set, so a half-written section is not silently ignored); otherwise every key is read, the
+/// key files loaded and the whole thing validated by the client's own checks, all problems
+/// reported at once. File contents and the API v3 key never reach a message.
+fn wechatpay_section(
+    r: &mut Reader<'_>,
+    public_base_url: &str,
+) -> Option<dmr_wechatpay::WechatPayConfig> {
+    let set: Vec<&str> = KEYS
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with("wechatpay.") && r.raw.contains_key(*k))
+        .collect();
+    let Some(mchid) = r.optional_string("wechatpay.mchid") else {
+        for k in set {
+            r.issues.push(ConfigIssue {
+                path: k.into(),
+                message: "set wechatpay.mchid to enable WeChat Pay, or remove this key".into(),
+            });
+        }
+        return None;
+    };
+    let before = r.issues.len();
+    fn required(r: &mut Reader<'_>, path: &str) -> String {
+        let v = r.optional_string(path).unwrap_or_default();
+        if v.is_empty() {
+            r.issues.push(ConfigIssue {
+                path: path.into(),
+                message: "required when wechatpay.mchid is set".into(),
+            });
+        }
+        v
+    }
+    fn read(r: &mut Reader<'_>, path: &str, file: &str) -> String {
+        match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                r.issues.push(ConfigIssue {
+                    path: path.into(),
+                    message: format!("cannot read {file}: {e}"),
+                });
+                String::new()
+            }
+        }
+    }
+    let appid = required(r, "wechatpay.appid");
+    let serial = required(r, "wechatpay.merchant_serial_no");
+    let key_file = required(r, "wechatpay.private_key_file");
+    let api_v3_key = r
+        .optional_string("wechatpay.api_v3_key")
+        .unwrap_or_default();
+    if api_v3_key.is_empty() {
+        r.issues.push(ConfigIssue {
+            path: "wechatpay.api_v3_key".into(),
+            message: format!(
+                "required when wechatpay.mchid is set; put the 32-character API v3 key in {}",
+                env_name("wechatpay.api_v3_key")
+            ),
+        });
+    }
+    let private_key = if key_file.is_empty() {
+        String::new()
+    } else {
+        read(r, "wechatpay.private_key_file", &key_file)
+    };
+    let certs: Vec<String> = r
+        .optional_string("wechatpay.platform_certificate_files")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|f| read(r, "wechatpay.platform_certificate_files", &f))
+        .collect();
+    let public_key = match (
+        r.optional_string("wechatpay.public_key_id"),
+        r.optional_string("wechatpay.public_key_file"),
+    ) {
+        (None, None) => None,
+        (Some(id), Some(file)) => Some(dmr_wechatpay::PublicKeyConfig {
+            id,
+            pem: read(r, "wechatpay.public_key_file", &file),
+        }),
+        _ => {
+            r.issues.push(ConfigIssue {
+                path: "wechatpay.public_key_id".into(),
+                message: "wechatpay.public_key_id and wechatpay.public_key_file go together".into(),
+            });
+            None
+        }
+    };
+    let default_notify = format!("{public_base_url}/api/v1/payments/notify/wechatpay");
+    let notify_url = r.string("wechatpay.notify_url", &default_notify);
+    // Refund notifications come to the same route (it tells them apart by event type).
+    let refund_notify_url = r.string("wechatpay.refund_notify_url", &notify_url);
+    let base_url = r.string("wechatpay.base_url", dmr_wechatpay::PRODUCTION_BASE_URL);
+    let timeout_ms: u64 = r.int("wechatpay.request_timeout_ms", 10_000, 100, 120_000);
+    let attempts: u32 = r.int("wechatpay.retry_attempts", 3, 1, 10);
+    let failures: u32 = r.int("wechatpay.breaker_failures", 5, 1, 1000);
+    let cool_down: u64 = r.int("wechatpay.breaker_cool_down_secs", 30, 1, 3600);
+    if r.issues.len() > before {
+        return None;
+    }
+    let mut c = dmr_wechatpay::WechatPayConfig::new(
+        mchid,
+        appid,
+        serial,
+        private_key,
+        api_v3_key,
+        notify_url,
+    );
+    c.platform_certificates_pem = certs;
+    c.wechatpay_public_key = public_key;
+    c.refund_notify_url = Some(refund_notify_url);
+    c.base_url = base_url;
+    c.request_timeout = std::time::Duration::from_millis(timeout_ms);
+    c.connect_timeout = c.request_timeout.min(std::time::Duration::from_secs(5));
+    c.retry.max_attempts = attempts;
+    c.breaker.failure_threshold = failures;
+    c.breaker.cool_down = std::time::Duration::from_secs(cool_down);
+    match c.validate() {
+        Ok(_) => Some(c),
+        Err(dmr_wechatpay::Error::Config(problems)) => {
+            for p in problems {
+                r.issues.push(ConfigIssue {
+                    path: "wechatpay".into(),
+                    message: p,
+                });
+            }
+            None
+        }
+        Err(e) => {
+            r.issues.push(ConfigIssue {
+                path: "wechatpay".into(),
+                message: e.to_string(),
+            });
+            None
         }
     }
 }
@@ -1122,5 +1299,116 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(!err.to_string().contains("short"));
+    }
+
+    /// The crate's conformance-vector test keys, written to files as an operator would.
+    fn wechatpay_files(dir: &Path) -> (Vec<(String, String)>, String) {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/wechatpay/tests/vectors/vectors.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let k = &v["keys"];
+        let s = |n: &str| k[n].as_str().unwrap().to_string();
+        let key = dir.join("apiclient_key.pem");
+        let cert = dir.join("platform.pem");
+        let public = dir.join("pub_key.pem");
+        std::fs::write(&key, s("merchant_private_key_pem")).unwrap();
+        std::fs::write(&cert, s("platform_certificate_pem")).unwrap();
+        std::fs::write(&public, s("wechatpay_public_key_pem")).unwrap();
+        let e = vec![
+            (
+                "DMR_SERVER_PUBLIC_BASE_URL",
+                "https://pay.example.com".to_string(),
+            ),
+            ("DMR_WECHATPAY_MCHID", s("mchid")),
+            ("DMR_WECHATPAY_APPID", s("appid")),
+            ("DMR_WECHATPAY_MERCHANT_SERIAL_NO", s("merchant_serial_no")),
+            ("DMR_WECHATPAY_PRIVATE_KEY_FILE", key.display().to_string()),
+            ("DMR_WECHATPAY_API_V3_KEY", s("api_v3_key")),
+            (
+                "DMR_WECHATPAY_PLATFORM_CERTIFICATE_FILES",
+                cert.display().to_string(),
+            ),
+            ("DMR_WECHATPAY_PUBLIC_KEY_ID", s("wechatpay_public_key_id")),
+            (
+                "DMR_WECHATPAY_PUBLIC_KEY_FILE",
+                public.display().to_string(),
+            ),
+        ];
+        (
+            e.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            s("api_v3_key"),
+        )
+    }
+
+    #[test]
+    fn wechatpay_section_loads_validates_and_keeps_secrets() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.wechatpay.is_none(), "off unless configured");
+        let dir = tempfile::tempdir().unwrap();
+        let (vars, v3) = wechatpay_files(dir.path());
+        let c = Config::load_from(None, vars.clone()).unwrap();
+        let wx = c.wechatpay.as_ref().unwrap();
+        assert_eq!(
+            wx.notify_url,
+            "https://pay.example.com/api/v1/payments/notify/wechatpay"
+        );
+        assert_eq!(
+            wx.refund_notify_url.as_deref(),
+            Some(wx.notify_url.as_str())
+        );
+        assert_eq!(wx.base_url, dmr_wechatpay::PRODUCTION_BASE_URL);
+        assert_eq!(wx.platform_certificates_pem.len(), 1);
+        assert!(wx.wechatpay_public_key.is_some());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&v3), "the API v3 key never prints");
+        assert!(
+            !shown.contains("BEGIN PRIVATE KEY"),
+            "the private key never prints"
+        );
+
+        // Half a section, an unreadable key file, a bad key, an http notify URL: all reported.
+        let err = Config::load_from(None, env(&[("DMR_WECHATPAY_APPID", "wx1")])).unwrap_err();
+        assert_eq!(err.0[0].path, "wechatpay.appid", "{err}");
+        let mut bad = vars.clone();
+        bad.retain(|(k, _)| k != "DMR_WECHATPAY_API_V3_KEY" && k != "DMR_SERVER_PUBLIC_BASE_URL");
+        bad.push((
+            "DMR_WECHATPAY_PRIVATE_KEY_FILE".into(),
+            "/nonexistent/key.pem".into(),
+        ));
+        let err = Config::load_from(None, bad).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|i| i.path.as_str()).collect();
+        assert!(paths.contains(&"wechatpay.api_v3_key"), "{err}");
+        assert!(paths.contains(&"wechatpay.private_key_file"), "{err}");
+        let mut bad = vars.clone();
+        bad.push(("DMR_WECHATPAY_API_V3_KEY".into(), "too-short-v3-key".into()));
+        bad.push((
+            "DMR_WECHATPAY_NOTIFY_URL".into(),
+            "http://plain.example".into(),
+        ));
+        let err = Config::load_from(None, bad).unwrap_err().to_string();
+        assert!(
+            err.contains("api_v3_key") && err.contains("notify_url"),
+            "{err}"
+        );
+        assert!(!err.contains("too-short-v3-key"), "{err}");
+        std::fs::write(dir.path().join("apiclient_key.pem"), "not a key").unwrap();
+        let err = Config::load_from(None, vars.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("merchant_private_key_pem"), "{err}");
+
+        // The API v3 key is a secret: environment only.
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[wechatpay]\napi_v3_key = \"{v3}\"\n")).unwrap();
+        let err = Config::load_from(Some(&file), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DMR_WECHATPAY_API_V3_KEY"), "{err}");
+        assert!(!err.contains(&v3), "{err}");
     }
 }

@@ -708,6 +708,7 @@ fn orders_schemas() -> Value {
         "CreatedOrder": { "type": "object", "properties": {
             "order": { "$ref": "#/components/schemas/PublicOrder" }, "access_key": s("string"),
             "payment": { "type": "object", "properties": { "provider": s("string"), "redirect_url": s("string"),
+                "code_url": s("string"),
                 "jsapi": { "type": "object", "additionalProperties": s("string") } } } } },
         "OfflineToken": { "type": "object", "properties": { "token": s("string"), "expires_at": s("integer") } },
         "MyOrders": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/PublicOrder" } } } },

@@ -322,6 +322,20 @@ pub async fn create(
             format!("not offered here; use one of {:?}", offered(&state)),
         ));
     }
+    // The openid goes to WeChat Pay as is: refuse anything an openid cannot be (WeChat's
+    // are 28 characters of [A-Za-z0-9_-]; leave room for other app types).
+    if let Some(openid) = &input.openid
+        && (openid.is_empty()
+            || openid.len() > 128
+            || !openid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(ApiError::validation(
+            "openid",
+            "must be the payer's openid from WeChat's OAuth step (1 to 128 characters of A-Z a-z 0-9 _ -)",
+        ));
+    }
     if input.qr_code.is_empty() || check_qr(&input.qr_code).is_err() {
         return Err(ApiError::validation("qr_code", "no such lock"));
     }

@@ -326,7 +326,16 @@ pub async fn send_due(state: &AppState, now: i64, limit: i64) -> Result<usize, A
             total_fen: p.amount_fen,
             reason: r.reason.clone(),
         };
-        let result = provider.refund(&req).await;
+        // A refund the provider accepted as processing is asked about, not re-requested
+        // (re-requesting with the same out_refund_no would be harmless, just noisier).
+        let result = if r.status == "processing" && r.provider_refund_id.is_some() {
+            match provider.query_refund(&r.out_refund_no).await {
+                Err(ProviderError::NotFound) => provider.refund(&req).await,
+                other => other,
+            }
+        } else {
+            provider.refund(&req).await
+        };
         let mut conn = state.db.pool.acquire().await?;
         match result {
             Ok(RefundState::Succeeded { refund_id }) => {

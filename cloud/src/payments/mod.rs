@@ -5,12 +5,14 @@
 //! query a refund, download the daily bill. [`sandbox`] is the default provider for demos
 //! and tests: a payment page served by the cloud that plays the payer and sends
 //! notifications signed with HMAC-SHA256, with duplicates, delays and failures on request.
-//! [`notify`] is `POST /api/v1/payments/notify/{provider}`: the raw body is verified before
+//! [`wechatpay`] is WeChat Pay API v3 (JSAPI and Native) over the `dmr-wechatpay` client,
+//! offered when configured. [`notify`] is `POST /api/v1/payments/notify/{provider}`: the raw body is verified before
 //! anything is parsed, the effect is applied in one transaction keyed by the provider's
 //! notification id (so ten deliveries apply once), and only then is it answered 2xx.
 
 pub mod notify;
 pub mod sandbox;
+pub mod wechatpay;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -72,6 +74,9 @@ pub struct PaymentStep {
     pub redirect_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jsapi: Option<BTreeMap<String, String>>,
+    /// WeChat Native: the `weixin://` URL to show as a QR code (a payer outside WeChat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_url: Option<String>,
 }
 
 /// A verified notification.

@@ -7,11 +7,14 @@
 //! provider's notification id commit in ONE transaction. Only after that commit is it
 //! answered 2xx, so a crash before the answer makes the provider redeliver, and the
 //! redelivery finds the notification row and changes nothing (but is answered 2xx).
+//! Failures are the usual API error body, except for `wechatpay`, which gets the body WeChat
+//! Pay reads, `{"code":"FAIL","message":...}`, with the same status.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use sqlx::Acquire as _;
 
 use super::{NotifyError, ProviderNotification};
@@ -52,7 +55,39 @@ pub async fn handler(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Response {
+    let wechat = matches!(&path, Ok(Path(p)) if p == "wechatpay");
+    match receive(&state, path, &headers, body).await {
+        // WeChat Pay v3 takes 200/204 without a body as success.
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) if wechat => wechat_failure(e),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// WeChat Pay reads failures as `{"code":"FAIL","message":...}` with a 4xx/5xx status (and
+/// redelivers on 5xx). Server-side trouble is not described to the caller.
+fn wechat_failure(e: ApiError) -> Response {
+    let message = e.to_string();
+    let status = e.into_response().status();
+    let message = if status.is_server_error() {
+        "temporarily unable to process the notification; deliver it again".to_string()
+    } else {
+        message
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "code": "FAIL", "message": message })),
+    )
+        .into_response()
+}
+
+async fn receive(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(), ApiError> {
     let Path(provider) = path.map_err(|_| ApiError::NotFound)?;
     let body = body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -64,9 +99,8 @@ pub async fn handler(
             }
         }
     })?;
-    handle(&state, &provider, &headers, &body).await?;
-    // WeChat Pay v3 takes 200/204 without a body as success.
-    Ok(StatusCode::NO_CONTENT)
+    handle(state, &provider, headers, &body).await?;
+    Ok(())
 }
 
 fn refused(message: impl Into<String>) -> ApiError {

@@ -184,6 +184,7 @@ impl super::PaymentProvider for Sandbox {
                 provider: "sandbox".into(),
                 redirect_url: Some(format!("{}/pay/sandbox/{}", self.base_url, req.payment_id)),
                 jsapi: None,
+                code_url: None,
             })
         })
     }

@@ -47,6 +47,46 @@ fn bad_configuration_exits_78_listing_every_bad_key() {
     assert!(!dir.path().join("dmr-cloud.db").exists());
 }
 
+/// A WeChat Pay section that cannot work stops `serve` with 78 before anything starts, and
+/// neither the API v3 key nor the key file's text reaches the output.
+#[test]
+fn bad_wechatpay_section_exits_78_without_printing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("apiclient_key.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nnot-really-a-key\n").unwrap();
+    let file = dir.path().join("cloud.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[wechatpay]\nmchid = \"1900009191\"\nappid = \"wx1\"\nmerchant_serial_no = \"ABC123\"\n\
+             private_key_file = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = clean_env(&mut Command::new(BIN))
+        .args(["--config", file.to_str().unwrap(), "serve"])
+        .env("DMR_WECHATPAY_API_V3_KEY", "v3-key-s3cr3t-but-too-short")
+        .env("DMR_SERVER_PUBLIC_BASE_URL", "https://pay.example.com")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for what in [
+        "merchant_private_key_pem",
+        "api_v3_key",
+        "wechatpay_public_key",
+    ] {
+        assert!(err.contains(what), "{what} missing from:\n{err}");
+    }
+    assert!(!err.contains("s3cr3t"), "secrets never print:\n{err}");
+    assert!(
+        !err.contains("not-really-a-key"),
+        "key text never prints:\n{err}"
+    );
+    assert!(!dir.path().join("dmr-cloud.db").exists());
+}
+
 #[test]
 fn migrate_create_user_check_config_and_backup_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

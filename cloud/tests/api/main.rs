@@ -16,3 +16,4 @@ mod orders;
 mod rbac;
 mod resources;
 mod web;
+mod wechatpay;

@@ -63,6 +63,8 @@ export interface PaymentStep {
   redirect_url?: string
   /** WeChat JSAPI: the parameters for WeixinJSBridge `getBrandWCPayRequest`. */
   jsapi?: Record<string, string>
+  /** WeChat Native (payer outside WeChat): the `weixin://` URL to show as a QR code. */
+  code_url?: string
 }
 
 export interface CreatedOrder {
