@@ -555,7 +555,9 @@ impl Config {
                         + dmr_protocol::firmware::HEADER_LEN as i64,
                 ),
             },
+            wechatpay: None,
         };
+        config.wechatpay = wechatpay_section(&mut r, &config.server.public_base_url);
         if let Some(text) = r.optional_string("firmware.vendor_keys") {
             match parse_vendor_keys(&text) {
                 Ok(keys) => config.firmware.vendor_keys = keys,
@@ -568,9 +570,6 @@ impl Config {
                 }),
             }
         }
-            wechatpay: None,
-        };
-        config.wechatpay = wechatpay_section(&mut r, &config.server.public_base_url);
 
         // Cross-field checks, after every key parsed on its own.
         let url = config.database.url.expose();
