@@ -154,6 +154,9 @@ pub struct AgentConfig {
     pub sync_drain_after: Duration,
     /// Whether `enrollment.json` was merged in.
     pub enrolled: bool,
+    /// Whether the configuration file maps locks itself (`[[bus]] locks = [...]`): then the
+    /// file wins over the enrollment's and the cloud's lock lists.
+    pub locks_in_file: bool,
     /// The runtime settings the enrollment carried (applied if newer than the stored ones).
     pub enrolled_config: Option<ConfigSet>,
 }
@@ -497,6 +500,7 @@ impl Checker {
         let http = self.http(&mut s);
         let scanner = self.sub(&mut s, "scanner").and_then(|sc| self.scanner(sc));
         let mut buses = self.buses(&mut s);
+        let locks_in_file = buses.iter().any(|b| !b.locks.is_empty());
         self.finish(s);
         if let Some(e) = &enrolled {
             for k in &e.trusted_keys {
@@ -544,6 +548,7 @@ impl Checker {
             sync_interval,
             sync_drain_after,
             enrolled: enrolled.is_some(),
+            locks_in_file,
             enrolled_config,
         })
     }
