@@ -901,7 +901,7 @@ async fn the_pulled_lock_list_is_applied_on_the_one_bus_kept_over_a_restart_and_
         .present(&token(lock_id(1), 1).to_text(), Presenter::Lan)
         .await;
     assert_eq!(r.result, ResultCode::Ok, "{r:?}");
-    assert_eq!(actuations(&sim, 1), 1);
+    assert_eq!(unlock_count(&sim, 1), 1);
     // The poller follows the map: lock 1 gets polled and shows in the health report.
     wait_for(10, "lock 1 polled", || {
         running
@@ -924,13 +924,13 @@ async fn the_pulled_lock_list_is_applied_on_the_one_bus_kept_over_a_restart_and_
         .present(&token(lock_id(1), 1).to_text(), Presenter::Lan)
         .await;
     assert_eq!(r.result, ResultCode::WrongLock, "{r:?}");
-    assert_eq!(actuations(&sim, 1), 1, "a removed lock must not move");
+    assert_eq!(unlock_count(&sim, 1), 1, "a removed lock must not move");
     let r = running
         .unlocker
         .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
         .await;
     assert_eq!(r.result, ResultCode::Ok, "{r:?}");
-    assert_eq!(actuations(&sim, 2), 1);
+    assert_eq!(unlock_count(&sim, 2), 1);
     assert!(
         !running
             .health
@@ -966,7 +966,7 @@ async fn the_pulled_lock_list_is_applied_on_the_one_bus_kept_over_a_restart_and_
         .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
         .await;
     assert_eq!(r.result, ResultCode::Ok, "{r:?}");
-    assert_eq!(actuations(&sim, 2), 2);
+    assert_eq!(unlock_count(&sim, 2), 2);
     running.shutdown(Duration::from_secs(5)).await;
 
     // A configuration file that maps locks itself wins over the cloud's list.
@@ -986,7 +986,7 @@ async fn the_pulled_lock_list_is_applied_on_the_one_bus_kept_over_a_restart_and_
         .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
         .await;
     assert_eq!(r.result, ResultCode::WrongLock, "{r:?}");
-    assert_eq!(actuations(&sim, 2), 2);
+    assert_eq!(unlock_count(&sim, 2), 2);
     running.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
 }

@@ -711,7 +711,7 @@ async fn group_commit_one_token_presented_by_many_at_once_opens_once() {
         .await
         .unwrap();
     assert_eq!(uses, rounds);
-    assert_eq!(actuations(&sim, 1), rounds as u64);
+    assert_eq!(unlock_count(&sim, 1), rounds as u32);
     running.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
 }
