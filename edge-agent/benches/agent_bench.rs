@@ -254,6 +254,7 @@ fn open_store(dir: &std::path::Path) -> (Store, std::thread::JoinHandle<()>) {
             locks: vec![(lock_id(1), LockPlace { bus: 0, addr: 1 })],
             trusted_keys: [(CLOUD_KEY_ID, cloud_key().verifying_key())].into(),
             max_db_pages: None,
+            mmap_bytes: 0,
         },
         Arc::new(TrustedClock::new(SystemClock, None)),
     )

@@ -828,6 +828,7 @@ async fn enrolled_keys_seed_the_store_until_a_sync_replaces_them_and_never_come_
                 trusted_keys: [(CLOUD_KEY_ID, cloud_key().verifying_key())].into(),
                 enrolled_keys: enrolled.into_iter().collect(),
                 max_db_pages: None,
+                mmap_bytes: 0,
             },
             Arc::new(TrustedClock::new(SystemClock, None)),
         )

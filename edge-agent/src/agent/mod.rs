@@ -112,6 +112,7 @@ pub async fn start(
             trusted_keys: cfg.trusted_keys.clone(),
             enrolled_keys: cfg.enrolled_keys.clone(),
             max_db_pages: cfg.max_db_pages,
+            mmap_bytes: cfg.state_mmap_mb * 1024 * 1024,
         },
         clock.clone(),
     )

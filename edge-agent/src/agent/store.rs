@@ -199,6 +199,8 @@ pub struct StoreConfig {
     /// Cloud keys from the enrollment: stored as cloud-managed until the first sync.
     pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub max_db_pages: Option<u64>,
+    /// `PRAGMA mmap_size` in bytes (0 = off).
+    pub mmap_bytes: u64,
 }
 
 /// How a token was presented.
@@ -597,6 +599,12 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         if let Some(pages) = cfg.max_db_pages {
             conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        if cfg.mmap_bytes > 0 {
+            // Reads of pages SQLite has not cached become memory reads instead of pread():
+            // the lookup tail on a busy machine (docs/benchmarks.md). Off by default because
+            // touched pages count in RSS.
+            conn.pragma_update(None, "mmap_size", cfg.mmap_bytes as i64)?;
         }
         migrate(&mut conn)?;
         let mut db = Db {
