@@ -379,6 +379,11 @@ impl Store {
     ///
     /// `f` must not open a transaction itself (SQLite has no nested `BEGIN`): use single
     /// statements or a savepoint, which is what [`Db::redeem`] and [`Db::append`] do.
+    ///
+    /// Requests in one group see each other's uncommitted writes: a token presented twice in
+    /// one group is `used_up` the second time. If that group's commit then fails, the first
+    /// presentation answers `storage_error` and the second stays refused although no use was
+    /// kept: both refuse, which is the safe side; the token can be presented again.
     pub async fn call_grouped<R, F>(&self, f: F) -> Result<(R, Result<(), StoreError>), StoreError>
     where
         R: Send + 'static,
