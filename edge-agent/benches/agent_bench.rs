@@ -431,7 +431,7 @@ async fn lookup_api() {
         "short code presented → UNLOCK handed to the bus, 1M cached (Unlocker::present, durable write included)",
         lat,
     );
-    println!("  {refused} of the codes were refused (shared by two cached tokens)");
+    println!("  {refused} of the codes were refused (expected: codes shared by two cached tokens)");
     running.shutdown(Duration::from_secs(5)).await;
 }
 
