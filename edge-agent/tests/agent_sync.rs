@@ -828,6 +828,7 @@ async fn enrolled_keys_seed_the_store_until_a_sync_replaces_them_and_never_come_
                 trusted_keys: [(CLOUD_KEY_ID, cloud_key().verifying_key())].into(),
                 enrolled_keys: enrolled.into_iter().collect(),
                 max_db_pages: None,
+                mmap_bytes: 0,
             },
             Arc::new(TrustedClock::new(SystemClock, None)),
         )
@@ -860,4 +861,133 @@ async fn enrolled_keys_seed_the_store_until_a_sync_replaces_them_and_never_come_
     assert_eq!(ids(s.clone()).await, vec![1, 6]);
     drop(s);
     t.join().unwrap();
+}
+
+async fn mapped(r: &agent::Running) -> Vec<(Uuid, u8)> {
+    r.store
+        .call(|db| db.locks())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, p)| (id, p.addr))
+        .collect()
+}
+
+fn lock_json(n: u8, addr: u16) -> serde_json::Value {
+    json!({"lock_id": lock_id(n), "addr": addr})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pulled_lock_list_is_applied_on_the_one_bus_kept_over_a_restart_and_a_file_mapping_wins()
+ {
+    let cloud = cloud().await;
+    cloud.set_plan(SyncPlan {
+        locks: vec![lock_json(1, 1)],
+        ..SyncPlan::default()
+    });
+    let sim = sim(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("cloud_url = \"{}\"\nsync_interval_s = 3600", cloud.url());
+    // One bus and no locks in the file: the cloud's list manages the map.
+    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 0, None, &extra);
+    let (running, _) = start_agent(&toml).await;
+    wait_until_async(
+        Duration::from_secs(10),
+        "lock 1 mapped by the pull",
+        || async { mapped(&running).await == vec![(lock_id(1), 1)] },
+    )
+    .await;
+    let r = running
+        .unlocker
+        .present(&token(lock_id(1), 1).to_text(), Presenter::Lan)
+        .await;
+    assert_eq!(r.result, ResultCode::Ok, "{r:?}");
+    assert_eq!(unlock_count(&sim, 1), 1);
+    // The poller follows the map: lock 1 gets polled and shows in the health report.
+    wait_for(10, "lock 1 polled", || {
+        running
+            .health
+            .lock_statuses()
+            .iter()
+            .any(|l| l.lock_id == lock_id(1) && l.online)
+    })
+    .await;
+
+    // Lock 1 leaves, lock 2 arrives at address 2.
+    cloud.set_plan(SyncPlan {
+        locks: vec![lock_json(2, 2)],
+        ..SyncPlan::default()
+    });
+    pull_now(&cloud, &running).await;
+    assert_eq!(mapped(&running).await, vec![(lock_id(2), 2)]);
+    let r = running
+        .unlocker
+        .present(&token(lock_id(1), 1).to_text(), Presenter::Lan)
+        .await;
+    assert_eq!(r.result, ResultCode::WrongLock, "{r:?}");
+    assert_eq!(unlock_count(&sim, 1), 1, "a removed lock must not move");
+    let r = running
+        .unlocker
+        .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
+        .await;
+    assert_eq!(r.result, ResultCode::Ok, "{r:?}");
+    assert_eq!(unlock_count(&sim, 2), 1);
+    assert!(
+        !running
+            .health
+            .lock_statuses()
+            .iter()
+            .any(|l| l.lock_id == lock_id(1)),
+        "a removed lock leaves the health report"
+    );
+
+    // An inconsistent list (two locks on one address) changes nothing.
+    cloud.set_plan(SyncPlan {
+        locks: vec![lock_json(1, 3), lock_json(3, 3)],
+        ..SyncPlan::default()
+    });
+    pull_now(&cloud, &running).await;
+    assert_eq!(mapped(&running).await, vec![(lock_id(2), 2)]);
+    running.shutdown(Duration::from_secs(5)).await;
+
+    // Restarted with the cloud unreachable: the last applied list holds, not the (empty)
+    // configured one.
+    let dead = free_port();
+    let toml = config_toml(
+        dir.path(),
+        sim.tcp_addr().unwrap(),
+        0,
+        None,
+        &format!("cloud_url = \"http://127.0.0.1:{dead}\"\nsync_interval_s = 3600"),
+    );
+    let (running, _) = start_agent(&toml).await;
+    assert_eq!(mapped(&running).await, vec![(lock_id(2), 2)]);
+    let r = running
+        .unlocker
+        .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
+        .await;
+    assert_eq!(r.result, ResultCode::Ok, "{r:?}");
+    assert_eq!(unlock_count(&sim, 2), 2);
+    running.shutdown(Duration::from_secs(5)).await;
+
+    // A configuration file that maps locks itself wins over the cloud's list.
+    let dir2 = tempfile::tempdir().unwrap();
+    cloud.set_plan(SyncPlan {
+        locks: vec![lock_json(2, 2)],
+        ..SyncPlan::default()
+    });
+    let toml = config_toml(dir2.path(), sim.tcp_addr().unwrap(), 1, None, &extra);
+    let before = cloud.sync_count();
+    let (running, _) = start_agent(&toml).await;
+    wait_for(10, "the first pull", || cloud.sync_count() > before).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mapped(&running).await, vec![(lock_id(1), 1)]);
+    let r = running
+        .unlocker
+        .present(&token(lock_id(2), 1).to_text(), Presenter::Lan)
+        .await;
+    assert_eq!(r.result, ResultCode::WrongLock, "{r:?}");
+    assert_eq!(unlock_count(&sim, 2), 2);
+    running.shutdown(Duration::from_secs(5)).await;
+    sim.shutdown().await;
 }

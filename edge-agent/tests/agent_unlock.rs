@@ -668,3 +668,111 @@ async fn a_qr_scanner_on_a_real_tty_presents_each_line() {
     let _ = py.wait();
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_one_token_presented_by_many_at_once_opens_once() {
+    let sim = sim(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
+    let (running, _) = start_agent(&toml).await;
+    let rounds = 5;
+    for _ in 0..rounds {
+        let text = token(lock_id(1), 1).to_text();
+        let mut presenters = Vec::new();
+        for _ in 0..16 {
+            let (u, t) = (running.unlocker.clone(), text.clone());
+            presenters.push(tokio::spawn(async move {
+                u.present(&t, Presenter::Lan).await.result
+            }));
+        }
+        let mut results = Vec::new();
+        for p in presenters {
+            results.push(p.await.unwrap());
+        }
+        assert_eq!(
+            results.iter().filter(|r| **r == ResultCode::Ok).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, ResultCode::Ok | ResultCode::UsedUp)),
+            "{results:?}"
+        );
+    }
+    let uses: i64 = running
+        .store
+        .call(|db| {
+            db.conn()
+                .query_row("SELECT COUNT(*) FROM token_uses", [], |r| r.get(0))
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(uses, rounds);
+    assert_eq!(unlock_count(&sim, 1), rounds as u32);
+    running.shutdown(Duration::from_secs(5)).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_requests_waiting_together_share_one_commit_and_answer_after_it() {
+    let sim = sim(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
+    let (running, _) = start_agent(&toml).await;
+    let store = running.store.clone();
+    // Let the agent settle (its own first writes), then hold the store thread busy so the
+    // next requests all queue up behind it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let busy = {
+        let st = store.clone();
+        tokio::spawn(async move {
+            st.call(move |db| {
+                gate_rx.recv().unwrap();
+                db.group_stats()
+            })
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let texts: Vec<String> = (0..20).map(|_| token(lock_id(1), 1).to_text()).collect();
+    let mut waiting = Vec::new();
+    for t in &texts {
+        let st = store.clone();
+        let p = agent::store::Presented::classify(t);
+        waiting.push(tokio::spawn(
+            async move { st.redeem(p, Presenter::Lan).await },
+        ));
+    }
+    // Every redeem is queued behind the busy request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()));
+    gate_tx.send(()).unwrap();
+    let (g0, r0) = busy.await.unwrap();
+    for w in waiting {
+        let r = w.await.unwrap();
+        assert_eq!(r.code(), ResultCode::Accepted, "{r:?}");
+    }
+    let (g1, r1) = store.call(|db| db.group_stats()).await.unwrap();
+    // The monitor may add a grouped event of its own, but 20 redeems queued together must
+    // not take 20 commits.
+    assert!(r1 - r0 >= 20, "{} grouped requests", r1 - r0);
+    assert!(
+        g1 - g0 <= 3,
+        "{} commits for {} grouped requests",
+        g1 - g0,
+        r1 - r0
+    );
+    // Each redeem's use is on disk (a second connection sees all 20).
+    let db = rusqlite::Connection::open(dir.path().join("agent.db")).unwrap();
+    let uses: i64 = db
+        .query_row("SELECT COUNT(*) FROM token_uses", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(uses, 20);
+    running.shutdown(Duration::from_secs(5)).await;
+    sim.shutdown().await;
+}

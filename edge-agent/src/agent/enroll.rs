@@ -11,12 +11,13 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use dmr_protocol::keys::{SigningKey, VerifyingKey};
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::cloud_http::{self, Answer, CloudRequest};
 
 /// File name of the saved enrollment inside the state directory.
 pub const ENROLLMENT_FILE: &str = "enrollment.json";
@@ -212,28 +213,16 @@ pub fn ensure_key(path: &Path) -> Result<(SigningKey, bool), EnrollError> {
     Ok((key, true))
 }
 
-/// Builds an HTTP client for the cloud. rustls uses the process provider named by
-/// [`super::link::install_crypto_provider`].
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    super::link::install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("dmr-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
+pub use super::cloud_http::http_client;
 
-/// The message of the API error body `{"error":{"code","message"}}`, or the raw text.
+/// The message of the API error body `{"error":{"code","message"}}` as `code: message`, or
+/// the raw text.
 pub fn api_error_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("error");
-            let msg = e.get("message").and_then(|m| m.as_str()).unwrap_or("");
-            Some(format!("{code}: {msg}"))
-        })
-        .unwrap_or_else(|| body.chars().take(300).collect())
+    let e = super::cloud_http::api_error(body);
+    match e.code {
+        Some(code) => format!("{code}: {}", e.message),
+        None => e.message,
+    }
 }
 
 /// Sends the enroll request and parses the answer (does not save it).
@@ -245,22 +234,19 @@ pub async fn enroll(
     name: Option<&str>,
 ) -> Result<Enrollment, EnrollError> {
     let body = request_body(key, code, name)?;
-    let url = format!("{}/api/v1/gateway/enroll", cloud.trim_end_matches('/'));
-    let resp = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
+    let req = CloudRequest {
+        method: reqwest::Method::POST,
+        base: cloud,
+        path: "/api/v1/gateway/enroll",
+        json: Some(body.to_string().into_bytes()),
+        // Not signed with the gateway key: the proof of possession inside the body is
+        // what binds the key (the gateway is not known to the cloud yet).
+        sign: None,
+    };
+    let url = req.url();
+    let Answer { status, text } = cloud_http::send(client, req)
         .await
-        .map_err(|e| EnrollError::Unreachable {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
-    let status = resp.status().as_u16();
-    let text = resp.text().await.map_err(|e| EnrollError::Unreachable {
-        url: url.clone(),
-        reason: error_chain(&e),
-    })?;
+        .map_err(|reason| EnrollError::Unreachable { url, reason })?;
     match status {
         200 | 201 => {
             let e: Enrollment =
@@ -304,17 +290,6 @@ pub fn validate(e: &Enrollment) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Path of the saved enrollment in `state_dir`.

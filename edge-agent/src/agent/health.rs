@@ -147,6 +147,32 @@ impl Health {
         }
     }
 
+    /// Follows a new lock map (`(lock_id, bus, addr)`): locks no longer listed are dropped,
+    /// new ones start unpolled, and a lock that kept its place keeps its record. One that
+    /// moved to another bus or address starts over (what was observed was another unit).
+    pub fn set_locks(&self, locks: &[(Uuid, usize, u8)]) {
+        let Ok(mut map) = self.locks.lock() else {
+            return;
+        };
+        let mut next = BTreeMap::new();
+        for (id, bus, addr) in locks {
+            let kept = map.remove(id).filter(|l| l.bus == *bus && l.addr == *addr);
+            next.insert(
+                *id,
+                kept.unwrap_or(LockHealth {
+                    bus: *bus,
+                    addr: *addr,
+                    failures: 0,
+                    polled: false,
+                    online: true,
+                    last_error: None,
+                    snapshot: None,
+                }),
+            );
+        }
+        *map = next;
+    }
+
     /// Seconds since start.
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()

@@ -9,7 +9,8 @@
 //!   `cmd unlock`), [`http`] (venue LAN) and [`scanner`] (QR scanner UART).
 //! - [`link`]: the MQTT link (outbox publishing, heartbeats, retained state, Last Will).
 //! - [`sync`]: the signed HTTP sync (outbox drain when MQTT cannot, pull of tokens,
-//!   revocations, settings, keys and the time beacon); [`enroll`]: `dmr-agent enroll`.
+//!   revocations, settings, keys and the time beacon); [`enroll`]: `dmr-agent enroll`;
+//!   [`cloud_http`]: how both build, sign and send a request to the cloud API.
 //! - [`monitor`]: polls lock state into door/alarm events; [`health`]: the derived health
 //!   signals behind `/status`, `/metrics` and heartbeats.
 //! - [`locks`]: the port trait over the Modbus bus driver.
@@ -19,6 +20,7 @@
 //! logging which task ended and why.
 
 pub mod clock;
+pub mod cloud_http;
 pub mod commands;
 pub mod config;
 pub mod enroll;
@@ -94,7 +96,7 @@ pub async fn start(
         cfg.buses.len()
     );
     let clock = Arc::new(TrustedClock::new(wall, None));
-    let mut locks = Vec::new();
+    let mut locks: Vec<(uuid::Uuid, LockPlace)> = Vec::new();
     for (bus, b) in cfg.buses.iter().enumerate() {
         for l in &b.locks {
             locks.push((l.lock_id, LockPlace { bus, addr: l.addr }));
@@ -110,10 +112,27 @@ pub async fn start(
             trusted_keys: cfg.trusted_keys.clone(),
             enrolled_keys: cfg.enrolled_keys.clone(),
             max_db_pages: cfg.max_db_pages,
+            mmap_bytes: cfg.state_mmap_mb * 1024 * 1024,
         },
         clock.clone(),
     )
     .with_context(|| format!("opening the state database {}", cfg.db_path().display()))?;
+    // With one bus and no locks in the file the cloud manages the lock map: the last list a
+    // sync applied is put back (it may be newer than the enrollment's).
+    let lock_policy = sync::LockPolicy::for_config(cfg.buses.len(), cfg.locks_in_file);
+    if let sync::LockPolicy::Apply { .. } = lock_policy {
+        let buses = cfg.buses.len();
+        if store
+            .call(move |db| db.restore_cloud_locks(buses))
+            .await
+            .context("store thread")??
+        {
+            locks = store.call(|db| db.locks()).await.context("store thread")?;
+            tracing::info!(locks = locks.len(), "lock map from the last sync restored");
+        }
+    }
+    let (locks_tx, locks_rx) = watch::channel(locks.clone());
+    let locks_tx = Arc::new(locks_tx);
     if let Some(anchor) = store
         .call(|db| db.time_anchor())
         .await
@@ -214,7 +233,8 @@ pub async fn start(
             drain_after: cfg.sync_drain_after,
             sync_now: sync_now.clone(),
             mqtt_configured: cfg.mqtt.is_some(),
-            locks: locks.iter().map(|(id, p)| (*id, p.addr)).collect(),
+            locks: locks_tx.clone(),
+            lock_policy,
         };
         let sd = shutdown.clone();
         tasks.spawn(async move { ("http-sync", sync::run(deps, sd).await) });
@@ -241,13 +261,14 @@ pub async fn start(
         tracing::warn!("no [mqtt] configured: events stay in the outbox until a broker is set");
         drop(cmd_tx);
     }
-    for (bus, b) in cfg.buses.iter().enumerate() {
+    for bus in 0..cfg.buses.len() {
         let Some(port) = ports.get(bus).cloned() else {
             continue;
         };
         let deps = monitor::MonitorDeps {
             port,
-            locks: b.locks.iter().map(|l| (l.lock_id, l.addr)).collect(),
+            bus,
+            locks: locks_rx.clone(),
             interval: cfg.poll_interval,
             store: store.clone(),
             health: health.clone(),

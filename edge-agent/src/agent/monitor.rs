@@ -13,20 +13,23 @@ use std::time::Duration;
 
 use dmr_protocol::message::{AlarmEvent, AlarmKind, DoorChange, DoorEvent, Event};
 use dmr_protocol::registers::LastError;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::clock::TrustedClock;
 use super::health::{Health, Transition};
 use super::locks::{LockPort, LockSnapshot};
-use super::store::Store;
+use super::store::{LockPlace, Store};
 
 /// What the poller needs for one bus.
 #[derive(Clone)]
 pub struct MonitorDeps {
     pub port: Arc<dyn LockPort>,
-    pub locks: Vec<(Uuid, u8)>,
+    /// Which bus this poller serves.
+    pub bus: usize,
+    /// The lock map of every bus; it changes when a sync pull applies the cloud's list.
+    pub locks: watch::Receiver<Vec<(Uuid, LockPlace)>>,
     pub interval: Duration,
     pub store: Store,
     pub health: Arc<Health>,
@@ -37,7 +40,8 @@ pub struct MonitorDeps {
 impl std::fmt::Debug for MonitorDeps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MonitorDeps")
-            .field("locks", &self.locks)
+            .field("bus", &self.bus)
+            .field("locks", &*self.locks.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -101,10 +105,9 @@ async fn record(deps: &MonitorDeps, events: Vec<Event>) {
     }
     for ev in events {
         let kind = format!("{ev:?}");
-        match deps.store.call(move |db| db.append_event(ev)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, event = %kind, "cannot record lock event"),
-            Err(e) => tracing::error!(error = %e, "store stopped"),
+        // Group-committed: an alarm that coincides with a burst of unlocks shares their fsync.
+        if let Err(e) = deps.store.append_event(ev).await {
+            tracing::error!(error = %e, event = %kind, "cannot record lock event");
         }
     }
     deps.kick.notify_one();
@@ -120,7 +123,16 @@ pub async fn run(deps: MonitorDeps, shutdown: CancellationToken) -> anyhow::Resu
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        for (lock_id, addr) in &deps.locks {
+        // This round's locks of this bus (the map may change between rounds).
+        let locks: Vec<(Uuid, u8)> = deps
+            .locks
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.bus == deps.bus)
+            .map(|(id, p)| (*id, p.addr))
+            .collect();
+        prev.retain(|id, _| locks.iter().any(|(l, _)| l == id));
+        for (lock_id, addr) in &locks {
             let polled = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 r = deps.port.poll(*addr) => r,
@@ -130,7 +142,7 @@ pub async fn run(deps: MonitorDeps, shutdown: CancellationToken) -> anyhow::Resu
                 Ok(snap) => {
                     let mut events = edges(*lock_id, prev.get(lock_id), &snap, at);
                     if deps.health.poll_ok(*lock_id, snap.clone()) == Some(Transition::CameOnline) {
-                        tracing::info!(%lock_id, addr, "lock answers again");
+                        tracing::info!(%lock_id, addr = *addr, "lock answers again");
                         events.insert(
                             0,
                             Event::Alarm(AlarmEvent {
@@ -148,7 +160,7 @@ pub async fn run(deps: MonitorDeps, shutdown: CancellationToken) -> anyhow::Resu
                     if deps.health.poll_failed(*lock_id, &e.to_string())
                         == Some(Transition::WentOffline)
                     {
-                        tracing::warn!(%lock_id, addr, error = %e, "lock offline");
+                        tracing::warn!(%lock_id, addr = *addr, error = %e, "lock offline");
                         record(
                             &deps,
                             vec![Event::Alarm(AlarmEvent {

@@ -7,6 +7,14 @@
 //! an unlock is serialized: two presentations of the same single-use token can never both
 //! pass, and no lock is needed for it.
 //!
+//! Durable writes on the unlock path (a use with its `accepted` event, outbox events) go
+//! through [`Store::call_grouped`]: **group commit**. The thread opens one transaction for
+//! the first such request, then runs every grouped request already waiting in the channel
+//! inside it (for at most [`GROUP_WINDOW`] from the first), commits once (one fsync), and
+//! only then sends each its reply. Nothing waiting means an immediate commit, so a lone
+//! unlock pays exactly what it did before; a burst shares fsyncs instead of queueing one
+//! each behind the disk. A reply (and so the lock being driven) never precedes its commit.
+//!
 //! The database runs in WAL mode with `synchronous=FULL`, so a committed transaction
 //! survives a power cut. Migrations are numbered and applied in order inside one
 //! transaction each (`PRAGMA user_version` is the number applied). Tables: locks, trusted
@@ -17,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dmr_protocol::jws::Kid;
 use dmr_protocol::keys::{SigningKey, VerifyingKey};
@@ -27,7 +35,7 @@ use dmr_protocol::message::{
 };
 use dmr_protocol::token::{self, CheckTime, GatewayView, Reject, ShortCode, UnlockToken};
 use dmr_protocol::topic::TopicKind;
-use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -35,6 +43,14 @@ use super::clock::TrustedClock;
 
 /// Requests waiting for the store thread, at most; further callers wait for room.
 pub const STORE_QUEUE: usize = 256;
+
+/// How long one group transaction keeps taking in waiting requests, measured from its first
+/// (the issue's bound for group commit). The first request of a group waits at most this
+/// plus one fsync.
+pub const GROUP_WINDOW: Duration = Duration::from_millis(10);
+
+/// Requests in one group transaction, at most.
+pub const GROUP_MAX: usize = 512;
 
 /// Numbered migrations; index + 1 is the version. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -139,6 +155,8 @@ pub enum StoreError {
     TooNew { found: usize, known: usize },
     #[error("the store thread has stopped")]
     Stopped,
+    #[error("committing the group transaction failed, nothing in it was recorded: {reason}")]
+    Commit { reason: String, full: bool },
     #[error("cannot start the store thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -155,7 +173,10 @@ impl From<rusqlite::Error> for StoreError {
 impl StoreError {
     /// Whether the disk (or the configured cap) is full.
     pub fn is_full(&self) -> bool {
-        matches!(self, StoreError::Full(_))
+        matches!(
+            self,
+            StoreError::Full(_) | StoreError::Commit { full: true, .. }
+        )
     }
 }
 
@@ -178,6 +199,8 @@ pub struct StoreConfig {
     /// Cloud keys from the enrollment: stored as cloud-managed until the first sync.
     pub enrolled_keys: BTreeMap<u32, VerifyingKey>,
     pub max_db_pages: Option<u64>,
+    /// `PRAGMA mmap_size` in bytes (0 = off).
+    pub mmap_bytes: u64,
 }
 
 /// How a token was presented.
@@ -274,7 +297,16 @@ pub struct Applied {
     pub config: Option<ConfigSet>,
 }
 
-type Job = Box<dyn FnOnce(&mut Db) + Send>;
+/// Told the outcome of the group commit its request was part of; sends the reply.
+type Done = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
+/// A request for the store thread.
+enum Job {
+    /// Runs alone, commits whatever it writes itself.
+    Plain(Box<dyn FnOnce(&mut Db) + Send>),
+    /// Runs inside the current group transaction; its reply waits for the commit.
+    Grouped(Box<dyn FnOnce(&mut Db) -> Done + Send>),
+}
 
 /// Handle to the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -296,8 +328,20 @@ impl Store {
             .name("dmr-store".into())
             .spawn(move || {
                 let mut db = db;
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut db);
+                // A plain request met while a group was collecting runs right after its commit.
+                let mut next: Option<Job> = None;
+                loop {
+                    let job = match next.take() {
+                        Some(j) => j,
+                        None => match rx.blocking_recv() {
+                            Some(j) => j,
+                            None => break,
+                        },
+                    };
+                    match job {
+                        Job::Plain(f) => f(&mut db),
+                        Job::Grouped(f) => next = db.run_group(f, &mut rx),
+                    }
                     if db.stop {
                         break;
                     }
@@ -321,11 +365,90 @@ impl Store {
         F: FnOnce(&mut Db) -> R + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
+        let job = Job::Plain(Box::new(move |db| {
             let _ = reply.send(f(db));
-        });
+        }));
         self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Runs `f` on the store thread inside a group transaction (see the module text) and
+    /// answers after that transaction's commit: `(what f returned, the commit's outcome)`.
+    /// When the commit failed nothing `f` wrote is on disk; what `f` returned describes what
+    /// it did inside the rolled-back transaction, and the caller decides what still holds.
+    ///
+    /// `f` must not open a transaction itself (SQLite has no nested `BEGIN`): use single
+    /// statements or a savepoint, which is what [`Db::redeem`] and [`Db::append`] do.
+    ///
+    /// Requests in one group see each other's uncommitted writes: a token presented twice in
+    /// one group is `used_up` the second time. If that group's commit then fails, the first
+    /// presentation answers `storage_error` and the second stays refused although no use was
+    /// kept: both refuse, which is the safe side; the token can be presented again.
+    pub async fn call_grouped<R, F>(&self, f: F) -> Result<(R, Result<(), StoreError>), StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Grouped(Box::new(move |db| {
+            let r = f(db);
+            Box::new(move |commit: &Result<(), StoreError>| {
+                let c = match commit {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Commit {
+                        reason: e.to_string(),
+                        full: e.is_full(),
+                    }),
+                };
+                let _ = reply.send((r, c));
+            })
+        }));
+        self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// The whole unlock decision ([`Db::redeem`]) with group commit: the answer comes only
+    /// once the use and its event are committed. A failed commit turns an acceptance into
+    /// [`Redeemed::StorageFailed`] (the lock must not move); a refusal keeps its code (only
+    /// its event was lost, and a full disk must not hide the answer).
+    pub async fn redeem(&self, presented: Presented, via: Presenter) -> Redeemed {
+        match self
+            .call_grouped(move |db| db.redeem(&presented, via))
+            .await
+        {
+            Ok((r, Ok(()))) => r,
+            Ok((
+                Redeemed::Accepted {
+                    token_id, lock_id, ..
+                },
+                Err(e),
+            )) => {
+                if e.is_full() {
+                    tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
+                } else {
+                    tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: committing the use failed, so the lock stays shut");
+                }
+                Redeemed::StorageFailed {
+                    reason: e.to_string(),
+                }
+            }
+            Ok((refused, Err(e))) => {
+                tracing::error!(error = %e, code = refused.code().as_str(), "cannot record the refusal event");
+                refused
+            }
+            Err(e) => Redeemed::StorageFailed {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// Appends an event to the outbox with group commit; answers once it is durable.
+    pub async fn append_event(&self, event: Event) -> Result<Uuid, StoreError> {
+        let (r, commit) = self.call_grouped(move |db| db.append_event(event)).await?;
+        commit?;
+        r
     }
 }
 
@@ -343,6 +466,9 @@ pub struct Db {
     pending: u64,
     dead: u64,
     stop: bool,
+    /// Group transactions committed, and the requests they carried (for benchmarks/metrics).
+    groups: u64,
+    grouped: u64,
 }
 
 impl std::fmt::Debug for Db {
@@ -403,6 +529,63 @@ fn topic_from(name: &str) -> TopicKind {
 }
 
 impl Db {
+    /// Runs `first` and every grouped request already waiting (within [`GROUP_WINDOW`] and
+    /// [`GROUP_MAX`]) in one transaction, commits, then tells each the outcome. Returns a
+    /// plain request met on the way, to be run next (order is kept).
+    fn run_group(
+        &mut self,
+        first: Box<dyn FnOnce(&mut Db) -> Done + Send>,
+        rx: &mut mpsc::Receiver<Job>,
+    ) -> Option<Job> {
+        let started = Instant::now();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            // Without a group the request still works: its statements and savepoints commit
+            // by themselves.
+            tracing::warn!(error = %e, "cannot open a group transaction; running the request alone");
+            let done = first(self);
+            done(&Ok(()));
+            return None;
+        }
+        let mut done = vec![first(self)];
+        let mut leftover = None;
+        // SQLite rolls the whole transaction back by itself on some errors (full disk, I/O):
+        // then nothing more may join it, and the commit below fails for everyone in it.
+        while !self.conn.is_autocommit()
+            && started.elapsed() < GROUP_WINDOW
+            && done.len() < GROUP_MAX
+        {
+            match rx.try_recv() {
+                Ok(Job::Grouped(f)) => done.push(f(self)),
+                Ok(plain) => {
+                    leftover = Some(plain);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let commit = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            // The in-memory backlog count was moved by rows that are now gone.
+            match self
+                .conn
+                .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            {
+                Ok(n) => self.pending = n as u64,
+                Err(e) => tracing::warn!(error = %e, "cannot recount the outbox"),
+            }
+        }
+        self.groups += 1;
+        self.grouped += done.len() as u64;
+        tracing::trace!(size = done.len(), "group committed");
+        for d in done {
+            d(&commit);
+        }
+        leftover
+    }
+
     fn open(cfg: StoreConfig, clock: Arc<TrustedClock>) -> Result<Db, StoreError> {
         if let Some(dir) = cfg.path.parent()
             && !dir.as_os_str().is_empty()
@@ -422,6 +605,12 @@ impl Db {
         if let Some(pages) = cfg.max_db_pages {
             conn.pragma_update(None, "max_page_count", pages)?;
         }
+        if cfg.mmap_bytes > 0 {
+            // Reads of pages SQLite has not cached become memory reads instead of pread():
+            // the lookup tail on a busy machine (docs/benchmarks.md). Off by default because
+            // touched pages count in RSS.
+            conn.pragma_update(None, "mmap_size", cfg.mmap_bytes as i64)?;
+        }
         migrate(&mut conn)?;
         let mut db = Db {
             conn,
@@ -435,6 +624,8 @@ impl Db {
             pending: 0,
             dead: 0,
             stop: false,
+            groups: 0,
+            grouped: 0,
         };
         db.sync_config(&cfg.locks, &cfg.trusted_keys, &cfg.enrolled_keys)?;
         db.pending = db
@@ -578,6 +769,70 @@ impl Db {
         self.load_keys()
     }
 
+    /// The locks this gateway drives now, sorted by bus and address.
+    pub fn locks(&self) -> Vec<(Uuid, LockPlace)> {
+        let mut v: Vec<_> = self.locks.iter().map(|(id, p)| (*id, *p)).collect();
+        v.sort_by_key(|(id, p)| (p.bus, p.addr, *id));
+        v
+    }
+
+    /// Replaces the lock map with the cloud's list (verified sync answer) and keeps that list,
+    /// so a restart without the cloud still drives the same locks ([`Db::restore_cloud_locks`]).
+    /// The caller has checked the list (addresses 1..=247, no address or id twice).
+    pub fn set_cloud_locks(&mut self, locks: &[(Uuid, LockPlace)]) -> Result<(), StoreError> {
+        let kept = locks
+            .iter()
+            .map(|(id, p)| format!("{}:{}:{}", id.hyphenated(), p.bus, p.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM locks", [])?;
+        for (id, p) in locks {
+            tx.execute(
+                "INSERT INTO locks (lock_id, bus, addr) VALUES (?1, ?2, ?3)",
+                params![id.hyphenated().to_string(), p.bus as i64, p.addr],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO text_settings (name, value) VALUES ('cloud_locks', ?1)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![kept],
+        )?;
+        tx.commit()?;
+        self.locks = locks.iter().copied().collect();
+        Ok(())
+    }
+
+    /// At start, when the cloud manages the lock map: puts back the last list a sync
+    /// applied (the enrollment's copy may be older). Returns whether there was one.
+    pub fn restore_cloud_locks(&mut self, buses: usize) -> Result<bool, StoreError> {
+        let Some(text) = self.text_setting("cloud_locks")? else {
+            return Ok(false);
+        };
+        let mut locks = Vec::new();
+        for item in text.split(',').filter(|i| !i.is_empty()) {
+            let mut parts = item.split(':');
+            let parsed = (|| {
+                let id = Uuid::parse_str(parts.next()?).ok()?;
+                let bus = parts.next()?.parse::<usize>().ok()?;
+                let addr = parts.next()?.parse::<u8>().ok()?;
+                (bus < buses).then_some((id, LockPlace { bus, addr }))
+            })();
+            match parsed {
+                Some(l) => locks.push(l),
+                None => {
+                    tracing::warn!(
+                        item,
+                        "stored cloud lock list has an entry that does not fit this configuration; keeping the configured locks"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        self.set_cloud_locks(&locks)?;
+        Ok(true)
+    }
+
     /// Moves the trusted-time anchor forward to a verified cloud `ts` (and persists it).
     /// Returns whether it moved.
     pub fn observe_cloud_time(&mut self, ts: u64) -> Result<bool, StoreError> {
@@ -683,6 +938,11 @@ impl Db {
             .map(|v| v as u64))
     }
 
+    /// Group transactions committed since start, and the grouped requests they carried.
+    pub fn group_stats(&self) -> (u64, u64) {
+        (self.groups, self.grouped)
+    }
+
     /// The gateway id.
     pub fn gateway_id(&self) -> Uuid {
         self.gw
@@ -725,7 +985,8 @@ impl Db {
         Ok(())
     }
 
-    /// Signs `message` and appends it to the outbox in its own durable transaction.
+    /// Signs `message` and appends it to the outbox: in its own durable transaction when
+    /// called alone, in the group's when called through [`Store::call_grouped`].
     pub fn append(
         &mut self,
         topic: TopicKind,
@@ -897,9 +1158,9 @@ impl Db {
             Presenter::Lan => "lan",
             Presenter::Scanner => "scanner",
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A savepoint, not a transaction: inside a group it undoes only this use if one of
+        // the two inserts fails; alone it is a transaction of its own.
+        let tx = self.conn.savepoint()?;
         tx.prepare_cached(
             "INSERT INTO token_uses (token_id, lock_id, at_ms, via, event_id) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
@@ -926,6 +1187,27 @@ impl Db {
     /// Uses recorded for a token.
     pub fn uses_of(&self, token_id: &Uuid) -> u32 {
         View { db: self }.uses(token_id)
+    }
+
+    /// Whether a token id is on the revocation list (a read error counts as revoked).
+    pub fn is_revoked(&self, token_id: &Uuid) -> bool {
+        View { db: self }.is_revoked(token_id)
+    }
+
+    /// The cached copy of the token whose text is `text` (by token id), if it is cached.
+    /// `Ok(None)` also for a text that is not a token.
+    pub fn cached_by_text(&self, text: &str) -> Result<Option<UnlockToken>, StoreError> {
+        let Ok(tok) = UnlockToken::from_text(text) else {
+            return Ok(None);
+        };
+        let raw = self
+            .conn
+            .prepare_cached("SELECT token FROM tokens WHERE token_id = ?1")?
+            .query_row(params![tok.claims().token_id.as_bytes()], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()?;
+        Ok(raw.and_then(|b| UnlockToken::from_bytes(&b).ok()))
     }
 
     /// Up to `limit` outbox rows after `after_seq`, oldest first.

@@ -21,6 +21,12 @@
 //!   the very functions the MQTT commands use ([`super::commands`]); trusted keys are
 //!   replaced by the cloud's list; the token cursor is persisted after the tokens it covers.
 //!   An answer that carried tokens is followed by another pull at once (the cloud pages them).
+//!   The lock list is applied the way the configuration maps enrolled locks
+//!   ([`LockPolicy`]): with one bus and no locks mapped in the configuration file, locks are
+//!   added, removed and re-addressed on that bus (kept across restarts); a file that maps
+//!   locks itself wins, and with several buses the list cannot say which port a lock is on,
+//!   so it is refused with a log line saying what to do. An empty list is taken as "not
+//!   sent" (older clouds send none), never as "remove every lock".
 //!
 //! Failures back off exponentially (1 s doubling up to the sync interval) and are counted.
 
@@ -34,15 +40,16 @@ use dmr_protocol::message::{ConfigSet, ResultCode};
 use rand_core::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::clock::TrustedClock;
+use super::cloud_http::{self, CloudRequest, GatewaySignature};
 use super::commands::{self, CommandDeps};
 use super::enroll::{EnrolledLock, TrustedKeyInfo};
 use super::health::Health;
-use super::store::{Delivery, OutRow, Store, StoreError};
+use super::store::{Delivery, LockPlace, OutRow, Store, StoreError};
 
 /// Messages per events call, at most (the cloud's limit).
 pub const MAX_BATCH: usize = 500;
@@ -199,6 +206,8 @@ pub struct PullReport {
     pub config: Option<ResultCode>,
     pub keys: usize,
     pub anchor_moved: bool,
+    /// Whether the cloud's lock list changed the lock map.
+    pub locks_changed: bool,
 }
 
 /// What one drain pass did.
@@ -228,8 +237,60 @@ pub struct SyncDeps {
     pub sync_now: Arc<Notify>,
     /// Whether an MQTT link is configured at all (without one, HTTP carries every event).
     pub mqtt_configured: bool,
-    /// The locks this gateway drives (a pull listing others is logged).
-    pub locks: BTreeSet<(Uuid, u8)>,
+    /// The lock map every part of the agent follows (monitor, health, unlock via the store).
+    pub locks: Arc<watch::Sender<Vec<(Uuid, LockPlace)>>>,
+    /// Whether the cloud's lock list may change it.
+    pub lock_policy: LockPolicy,
+}
+
+/// What a pulled lock list may do, decided from the configuration the way enrolled locks
+/// are mapped ([`super::config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPolicy {
+    /// One bus and no locks in the configuration file: the list is applied on this bus.
+    Apply { bus: usize },
+    /// The configuration file maps locks itself and wins; a different list is logged.
+    FileWins,
+    /// Zero or several buses and no mapping in the file: the list does not say which port a
+    /// lock is on, so it is refused (logged).
+    NoSingleBus { buses: usize },
+}
+
+impl LockPolicy {
+    /// The policy for a configuration with `buses` buses, whose file maps locks or not.
+    pub fn for_config(buses: usize, locks_in_file: bool) -> Self {
+        match (locks_in_file, buses) {
+            (true, _) => LockPolicy::FileWins,
+            (false, 1) => LockPolicy::Apply { bus: 0 },
+            (false, n) => LockPolicy::NoSingleBus { buses: n },
+        }
+    }
+}
+
+/// Checks a pulled lock list: addresses 1..=247, no address and no lock id twice.
+pub fn check_lock_list(locks: &[EnrolledLock]) -> Result<Vec<(Uuid, u8)>, String> {
+    let mut ids = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    let mut out = Vec::with_capacity(locks.len());
+    for l in locks {
+        let addr = u8::try_from(l.addr)
+            .ok()
+            .filter(|a| (1..=247).contains(a))
+            .ok_or_else(|| {
+                format!(
+                    "lock {} has Modbus address {}, outside 1..=247",
+                    l.lock_id, l.addr
+                )
+            })?;
+        if !ids.insert(l.lock_id) {
+            return Err(format!("lock {} is listed twice", l.lock_id));
+        }
+        if !addrs.insert(addr) {
+            return Err(format!("address {addr} is given to two locks"));
+        }
+        out.push((l.lock_id, addr));
+    }
+    Ok(out)
 }
 
 /// The HTTP sync client.
@@ -239,58 +300,56 @@ pub struct SyncClient {
     http: reqwest::Client,
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn auth_failure(status: u16, body: &str) -> SyncError {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let e = &v["error"];
-    let message = e["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.chars().take(200).collect());
+    let e = cloud_http::api_error(body);
     if status == 401 {
         SyncError::Auth {
-            reason: e["details"]["reason"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_string(),
-            message,
+            reason: e.reason.unwrap_or_else(|| "unknown".into()),
+            message: e.message,
         }
     } else {
-        SyncError::Status { status, message }
+        SyncError::Status {
+            status,
+            message: e.message,
+        }
     }
 }
 
 impl SyncClient {
     /// A client over `deps`.
     pub fn new(deps: SyncDeps) -> Result<Self, reqwest::Error> {
-        let http = super::enroll::http_client(Duration::from_secs(30))?;
+        let http = cloud_http::http_client(Duration::from_secs(30))?;
         Ok(SyncClient { deps, http })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.deps.base_url.trim_end_matches('/'))
-    }
-
-    fn auth(&self, nonce: Uuid, method: &str, path: &str, body: &[u8]) -> String {
-        auth_header(
-            self.deps.gw,
-            &self.deps.key,
-            self.deps.clock.now_ms(),
-            nonce,
+    /// Sends a request signed with the gateway key (fresh trusted time, the given nonce) and
+    /// returns the body of a 200 answer.
+    async fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        nonce: Uuid,
+    ) -> Result<String, SyncError> {
+        let req = CloudRequest {
             method,
+            base: &self.deps.base_url,
             path,
-            body,
-        )
+            json,
+            sign: Some(GatewaySignature {
+                gw: self.deps.gw,
+                key: &self.deps.key,
+                ts: self.deps.clock.now_ms(),
+                nonce,
+            }),
+        };
+        let a = cloud_http::send(&self.http, req)
+            .await
+            .map_err(SyncError::Unreachable)?;
+        if a.status != 200 {
+            return Err(auth_failure(a.status, &a.text));
+        }
+        Ok(a.text)
     }
 
     /// Posts one batch of outbox rows; returns the verdicts, one per row in order.
@@ -298,24 +357,9 @@ impl SyncClient {
         let messages: Vec<&str> = rows.iter().map(|r| r.jws.as_str()).collect();
         let body = serde_json::to_vec(&serde_json::json!({ "messages": messages }))
             .map_err(|e| SyncError::BadAnswer(e.to_string()))?;
-        let auth = self.auth(new_nonce(), "POST", EVENTS_PATH, &body);
-        let resp = self
-            .http
-            .post(self.url(EVENTS_PATH))
-            .header(reqwest::header::AUTHORIZATION, auth)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SyncError::Unreachable(chain(&e)))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| SyncError::Unreachable(chain(&e)))?;
-        if status != 200 {
-            return Err(auth_failure(status, &text));
-        }
+        let text = self
+            .signed(reqwest::Method::POST, EVENTS_PATH, Some(body), new_nonce())
+            .await?;
         let answer: EventsAnswer =
             serde_json::from_str(&text).map_err(|e| SyncError::BadAnswer(e.to_string()))?;
         if answer.results.len() != rows.len() {
@@ -419,24 +463,9 @@ impl SyncClient {
             pos.config_version
         );
         let nonce = new_nonce();
-        let resp = self
-            .http
-            .get(self.url(&path))
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.auth(nonce, "GET", &path, b""),
-            )
-            .send()
-            .await
-            .map_err(|e| SyncError::Unreachable(chain(&e)))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| SyncError::Unreachable(chain(&e)))?;
-        if status != 200 {
-            return Err(auth_failure(status, &text));
-        }
+        let text = self
+            .signed(reqwest::Method::GET, &path, None, nonce)
+            .await?;
         let keys = self.deps.store.call(|db| db.trusted_keys()).await?;
         let r = verify_response(&text, &keys, self.deps.gw, nonce)?;
         self.apply(r).await
@@ -505,20 +534,76 @@ impl SyncClient {
                 .call(move |db| db.set_tokens_cursor(&cursor))
                 .await??;
         }
-        let listed: BTreeSet<(Uuid, u8)> = r
-            .locks
-            .iter()
-            .filter_map(|l| u8::try_from(l.addr).ok().map(|a| (l.lock_id, a)))
-            .collect();
-        if !r.locks.is_empty() && listed != self.deps.locks {
-            tracing::warn!(
-                cloud = listed.len(),
-                configured = self.deps.locks.len(),
-                "the cloud's lock list differs from the locks this agent drives; update [[bus]] locks (or enroll again) and restart"
-            );
+        if !r.locks.is_empty() {
+            report.locks_changed = self.apply_locks(&r.locks).await?;
         }
         self.deps.health.sync_ok(self.deps.clock.now_ms());
         Ok(report)
+    }
+}
+
+impl SyncClient {
+    /// Applies the cloud's lock list under the [`LockPolicy`]; returns whether the map
+    /// changed. A list that cannot be applied is logged and skipped (the rest of the pull
+    /// stands): the agent keeps driving the locks it drives.
+    async fn apply_locks(&self, listed: &[EnrolledLock]) -> Result<bool, SyncError> {
+        let listed = match check_lock_list(listed) {
+            Ok(l) => l,
+            Err(why) => {
+                tracing::error!(reason = %why, "the cloud's lock list is inconsistent; not applied, the current lock map stays (fix the lock addresses in the console)");
+                return Ok(false);
+            }
+        };
+        let current: Vec<(Uuid, LockPlace)> = self.deps.locks.borrow().clone();
+        let now: BTreeSet<(Uuid, u8)> = current.iter().map(|(id, p)| (*id, p.addr)).collect();
+        let want: BTreeSet<(Uuid, u8)> = listed.iter().copied().collect();
+        if now == want {
+            return Ok(false);
+        }
+        let bus = match self.deps.lock_policy {
+            LockPolicy::Apply { bus } => bus,
+            LockPolicy::FileWins => {
+                tracing::warn!(
+                    cloud = want.len(),
+                    configured = now.len(),
+                    "the cloud's lock list differs from the locks mapped in the configuration file, which wins; update [[bus]] locks (or remove them to let the cloud's list apply) and restart"
+                );
+                return Ok(false);
+            }
+            LockPolicy::NoSingleBus { buses } => {
+                tracing::error!(
+                    cloud = want.len(),
+                    buses,
+                    "the cloud's lock list differs from the locks this agent drives, but it does not say which port each lock is on and {buses} buses are configured; not applied: map the locks in [[bus]] locks = [...] and restart"
+                );
+                return Ok(false);
+            }
+        };
+        let places: Vec<(Uuid, LockPlace)> = listed
+            .iter()
+            .map(|(id, addr)| (*id, LockPlace { bus, addr: *addr }))
+            .collect();
+        let stored = places.clone();
+        self.deps
+            .store
+            .call(move |db| db.set_cloud_locks(&stored))
+            .await??;
+        self.deps.health.set_locks(
+            &places
+                .iter()
+                .map(|(id, p)| (*id, p.bus, p.addr))
+                .collect::<Vec<_>>(),
+        );
+        let added = want.difference(&now).count();
+        let removed = now.difference(&want).count();
+        self.deps.locks.send_replace(places);
+        tracing::info!(
+            added,
+            removed,
+            locks = want.len(),
+            "applied the cloud's lock list (a re-addressed lock counts as removed and added)"
+        );
+        Ok(true)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! [`Unlocker::present`] hands the input to the store thread, which resolves and verifies the
 //! token and, if it passes, records the use together with the `accepted` event in one
-//! durable transaction ([`super::store::Db::redeem`]). Only then is the lock driven; its
+//! durable transaction ([`super::store::Db::redeem`], group-committed with whatever else is
+//! being written at that moment: [`Store::redeem`]). Only after the commit is the lock driven; its
 //! outcome (`ok`, `lock_unreachable`, `lock_fault`) is a second event. A crash between the
 //! two leaves a recorded use without an outcome: the token is spent and the lock may not
 //! have opened, which is the safe side (the cloud sees `accepted` without an outcome and
@@ -69,12 +70,9 @@ impl Unlocker {
     pub async fn present(&self, input: &str, via: Presenter) -> UnlockReply {
         let started = Instant::now();
         let presented = Presented::classify(input);
-        let redeemed = match self.store.call(move |db| db.redeem(&presented, via)).await {
-            Ok(r) => r,
-            Err(e) => Redeemed::StorageFailed {
-                reason: e.to_string(),
-            },
-        };
+        // Group commit: the answer comes after the use is on disk, sharing the fsync with
+        // whatever else arrived at the same moment.
+        let redeemed = self.store.redeem(presented, via).await;
         let reply = match redeemed {
             Redeemed::Refused {
                 code,
@@ -127,7 +125,7 @@ impl Unlocker {
                     via: Some(via),
                     at: self.clock.now_ms(),
                 });
-                if let Err(e) = self.store.call(move |db| db.append_event(event)).await {
+                if let Err(e) = self.store.append_event(event).await {
                     // The use and the accepted event are already durable; only the outcome
                     // report is missing.
                     tracing::error!(%token_id, %lock_id, error = %e, "cannot record the unlock outcome event");
