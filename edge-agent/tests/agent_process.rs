@@ -497,8 +497,8 @@ async fn readiness_and_watchdog_pings_are_signalled_to_systemd() {
 fn the_shipped_example_configuration_is_valid_once_enrolled_and_enrollment_wins() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.example.toml");
     let dir = tempfile::tempdir().unwrap();
-    let gw = Uuid::new_v4();
-    let (l1, l2) = (Uuid::new_v4(), Uuid::new_v4());
+    let gw = Uuid::now_v7();
+    let (l1, l2) = (Uuid::now_v7(), Uuid::now_v7());
     let key = dmr_protocol::keys::generate();
     let enrollment = serde_json::json!({
         "gateway_id": gw,

@@ -463,6 +463,27 @@ async fn insert_changes(conn: &mut AnyConnection, changes: Vec<Change>) -> Resul
     Ok(())
 }
 
+/// One lock's state from the newest heartbeat of its gateway, to be written.
+struct HbLock<'a> {
+    id: String,
+    gw: String,
+    status: &'static str,
+    door: bool,
+    locked: bool,
+    fw: &'a str,
+    ts: i64,
+    /// Differs from the stored state in something the console shows.
+    visible: bool,
+    merchant: &'a str,
+}
+
+/// The newest heartbeat of each gateway in a batch.
+type NewestHeartbeats<'a> = std::collections::BTreeMap<Uuid, (&'a Good<'a>, &'a Heartbeat)>;
+/// The newest door event of each lock in a batch: (message, closed, at).
+type NewestDoors<'a> = std::collections::BTreeMap<String, (&'a Good<'a>, bool, i64)>;
+/// id, online, last_seen_at, outbox_pending, outbox_oldest_age_s
+type GatewayAfter = (String, i64, Option<i64>, Option<i64>, Option<i64>);
+
 /// One message that passed verification, for a known gateway.
 struct Good<'a> {
     i: usize,
@@ -571,8 +592,7 @@ async fn apply_all(
             apply_state(conn, &g.ctx, g.env.ts, *st).await?;
         }
     }
-    let mut newest_hb: std::collections::BTreeMap<Uuid, (&Good<'_>, &Heartbeat)> =
-        std::collections::BTreeMap::new();
+    let mut newest_hb: NewestHeartbeats<'_> = std::collections::BTreeMap::new();
     for g in &fresh {
         if let Message::Heartbeat(hb) = &g.env.message {
             let newer = newest_hb
@@ -587,8 +607,7 @@ async fn apply_all(
 
     // Phase 3: lock rows. Heartbeat lock states, then door events (newest per lock).
     apply_heartbeat_locks(conn, &newest_hb, &hb_applied, &mut changes).await?;
-    let mut newest_door: std::collections::BTreeMap<String, (&Good<'_>, bool, i64)> =
-        std::collections::BTreeMap::new();
+    let mut newest_door: NewestDoors<'_> = std::collections::BTreeMap::new();
     for g in &fresh {
         if let Message::Event(Event::Door(d)) = &g.env.message {
             let at = ms(d.at);
@@ -664,7 +683,7 @@ async fn online_of(
 /// the gateways whose row the heartbeat updated (their locks are next).
 async fn apply_heartbeats(
     conn: &mut AnyConnection,
-    newest: &std::collections::BTreeMap<Uuid, (&Good<'_>, &Heartbeat)>,
+    newest: &NewestHeartbeats<'_>,
     changes: &mut Vec<Change>,
 ) -> Result<std::collections::HashSet<Uuid>, ApiError> {
     let mut applied = std::collections::HashSet::new();
@@ -685,9 +704,7 @@ async fn apply_heartbeats(
              RETURNING id, online, last_seen_at, outbox_pending, outbox_oldest_age_s",
             placeholders(chunk.len(), 4)
         );
-        let mut q = sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>, Option<i64>)>(
-            sqlx::AssertSqlSafe(sql),
-        );
+        let mut q = sqlx::query_as::<_, GatewayAfter>(sqlx::AssertSqlSafe(sql));
         for (gw, (g, hb)) in chunk {
             q = q
                 .bind(gw.to_string())
@@ -723,7 +740,7 @@ async fn apply_heartbeats(
 /// heartbeat; a disabled lock stays disabled. A live change for each visible difference.
 async fn apply_heartbeat_locks(
     conn: &mut AnyConnection,
-    newest: &std::collections::BTreeMap<Uuid, (&Good<'_>, &Heartbeat)>,
+    newest: &NewestHeartbeats<'_>,
     applied: &std::collections::HashSet<Uuid>,
     changes: &mut Vec<Change>,
 ) -> Result<(), ApiError> {
@@ -762,18 +779,7 @@ async fn apply_heartbeat_locks(
             );
         }
     }
-    // (lock id, gateway id, status, door, locked, fw, ts, visible, merchant)
-    let mut rows: Vec<(
-        String,
-        String,
-        &'static str,
-        bool,
-        bool,
-        &str,
-        i64,
-        bool,
-        &str,
-    )> = Vec::new();
+    let mut rows: Vec<HbLock<'_>> = Vec::new();
     for (gw, (g, hb)) in newest {
         if !applied.contains(gw) {
             continue;
@@ -800,21 +806,21 @@ async fn apply_heartbeat_locks(
                 || now.door_closed != Some(flag(ls.door_closed))
                 || now.locked != Some(flag(ls.locked))
                 || now.fw_version.as_deref() != Some(ls.fw.as_str());
-            rows.push((
+            rows.push(HbLock {
                 id,
-                gw_s.clone(),
+                gw: gw_s.clone(),
                 status,
-                ls.door_closed,
-                ls.locked,
-                ls.fw.as_str(),
+                door: ls.door_closed,
+                locked: ls.locked,
+                fw: ls.fw.as_str(),
                 ts,
                 visible,
-                g.ctx.merchant_id.as_str(),
-            ));
+                merchant: g.ctx.merchant_id.as_str(),
+            });
         }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.dedup_by(|a, b| a.0 == b.0);
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows.dedup_by(|a, b| a.id == b.id);
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "WITH v (l_id, l_gw, l_status, l_door, l_locked, l_fw, l_ts) AS (VALUES {}) \
@@ -828,25 +834,26 @@ async fn apply_heartbeat_locks(
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             q = q
-                .bind(r.0.clone())
-                .bind(r.1.clone())
-                .bind(r.2)
-                .bind(flag(r.3))
-                .bind(flag(r.4))
-                .bind(r.5.to_string())
-                .bind(r.6);
+                .bind(r.id.clone())
+                .bind(r.gw.clone())
+                .bind(r.status)
+                .bind(flag(r.door))
+                .bind(flag(r.locked))
+                .bind(r.fw.to_string())
+                .bind(r.ts);
         }
         let updated: std::collections::HashSet<String> =
             q.fetch_all(&mut *conn).await?.into_iter().collect();
-        for (id, gw, status, door, locked, fw, ts, visible, merchant) in chunk {
-            if *visible && updated.contains(id) {
+        for r in chunk {
+            if r.visible && updated.contains(&r.id) {
                 changes.push(Change {
-                    merchant_id: (*merchant).to_string(),
+                    merchant_id: r.merchant.to_string(),
                     kind: "lock",
-                    entity_id: id.clone(),
+                    entity_id: r.id.clone(),
                     data: json!({
-                        "lock_id": id, "gateway_id": gw, "status": status, "door_closed": door,
-                        "locked": locked, "fw_version": fw, "last_heartbeat_at": ts,
+                        "lock_id": r.id, "gateway_id": r.gw, "status": r.status,
+                        "door_closed": r.door, "locked": r.locked, "fw_version": r.fw,
+                        "last_heartbeat_at": r.ts,
                     }),
                 });
             }
@@ -859,7 +866,7 @@ async fn apply_heartbeat_locks(
 /// the door state only forward by event time, only on the sending gateway's own locks.
 async fn apply_doors(
     conn: &mut AnyConnection,
-    newest: &std::collections::BTreeMap<String, (&Good<'_>, bool, i64)>,
+    newest: &NewestDoors<'_>,
     changes: &mut Vec<Change>,
 ) -> Result<(), ApiError> {
     let rows: Vec<(&String, &(&Good<'_>, bool, i64))> = newest.iter().collect();
