@@ -5,8 +5,9 @@
 //! sustained applied messages/s (median of 3 runs) and, to say where it saturates, the cost
 //! of each stage measured on its own:
 //!
-//! - verify: `message::open` (Ed25519 + JSON) per message on one core;
-//! - ingest: `Ingest::submit` called in-process with the bridge's grouping (no broker);
+//! - verify: `message::open` (Ed25519 + JSON) per message on one core, and `open_many`
+//!   (Ed25519 batch verification, as ingest does it);
+//! - ingest: `Ingest::submit_many` called in-process with the bridge's batches (no broker);
 //! - broker: the same publishes to a plain subscriber that only counts and acks (no ingest);
 //! - end to end: publishers -> Mosquitto -> bridge -> ingest -> database.
 //!
@@ -25,7 +26,7 @@ use dmr_cloud::link::ingest::Via;
 use dmr_protocol::jws::Kid;
 use dmr_protocol::keys::{SigningKey, VerifyingKey, generate, public_b64u};
 use dmr_protocol::message::{
-    DoorChange, DoorEvent, Envelope, Event, Expect, Heartbeat, LockStatus, Message, open,
+    DoorChange, DoorEvent, Envelope, Event, Expect, Heartbeat, LockStatus, Message, open, open_many,
 };
 use dmr_protocol::topic::{TopicKind, topic};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -249,6 +250,32 @@ fn verify_cost(gws: &[Gw], msgs: &[Msg]) -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64
 }
 
+/// The same sample through `open_many` (Ed25519 batch verification), 250-message batches as
+/// each of the bridge's two verification halves sees them.
+fn verify_batch_cost(gws: &[Gw], msgs: &[Msg]) -> f64 {
+    let keys: std::collections::HashMap<Uuid, VerifyingKey> =
+        gws.iter().map(|g| (g.id, g.key.verifying_key())).collect();
+    let sample = &msgs[..msgs.len().min(5000)];
+    let t = Instant::now();
+    for chunk in sample.chunks(250) {
+        let items: Vec<(&str, Expect)> = chunk
+            .iter()
+            .map(|m| {
+                (
+                    m.jws.as_str(),
+                    Expect {
+                        gw: m.gw,
+                        now_ms: 0,
+                    },
+                )
+            })
+            .collect();
+        let out = open_many(&items, |i, _| keys.get(&chunk[i].gw));
+        assert!(out.iter().all(Result::is_ok));
+    }
+    t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64
+}
+
 async fn broker_only(port: u16, msgs: Arc<Vec<Msg>>) -> f64 {
     let total = msgs.len() as u64;
     let mut opts = MqttOptions::new(
@@ -328,6 +355,11 @@ async fn run_backend(name: &str, url: &str) {
     let us = verify_cost(&gws, &sample);
     println!(
         "verify (message::open, one core): {us:.1} us/message -> {:.0} msg/s per core",
+        1e6 / us
+    );
+    let us = verify_batch_cost(&gws, &sample);
+    println!(
+        "verify (message::open_many, batch verification, one core): {us:.1} us/message -> {:.0} msg/s per core",
         1e6 / us
     );
 

@@ -1,5 +1,5 @@
-//! Operations endpoints: `/health` (is the database answering? the MQTT broker joins this
-//! check with the gateway link) and `/metrics` (Prometheus text).
+//! Operations endpoints: `/health` (is the database answering, is the MQTT broker up?) and
+//! `/metrics` (Prometheus text).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,33 +9,63 @@ use serde_json::json;
 
 use crate::AppState;
 
-/// The database decides the status code; the broker is reported but does not fail the
-/// check: with the broker down the API still works, and a load balancer that pulled every
-/// instance on a broker blip would turn a partial outage into a full one.
-pub async fn health(State(state): State<AppState>) -> Response {
-    let broker = if !state.config.mqtt.enabled {
-        "disabled"
-    } else if state.mqtt.is_connected() {
-        "ok"
+/// The broker part of `/health`: with the embedded broker (the default), its listener must
+/// be accepting; with an external broker, the cloud's bridge must be connected to it.
+/// "disabled" when the gateway link is switched off (nothing to check).
+fn broker_check(state: &AppState) -> &'static str {
+    let mqtt = &state.config.mqtt;
+    if !mqtt.enabled {
+        return "disabled";
+    }
+    let up = if mqtt.embedded.enabled {
+        state
+            .broker
+            .embedded
+            .get()
+            .is_some_and(|s| s.listening.load(std::sync::atomic::Ordering::Relaxed))
     } else {
-        "down"
+        state.mqtt.is_connected()
     };
-    match state.db.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ok", "checks": { "database": "ok", "broker": broker } })),
-        )
-            .into_response(),
+    if up { "ok" } else { "down" }
+}
+
+/// 200 when the database answers and the broker is up; otherwise 503 naming the failed
+/// part(s) in `failed`, so a load balancer takes out an instance that cannot serve
+/// gateways (no broker: heartbeats, events and commands stop) as well as one that cannot
+/// reach its database.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let broker = broker_check(&state);
+    let database = match state.db.ping().await {
+        Ok(()) => "ok",
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "health check: database down");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "checks": { "database": "down", "broker": broker } }),
-                ),
-            )
-                .into_response()
+            "down"
         }
+    };
+    if broker == "down" {
+        tracing::warn!(
+            embedded = state.config.mqtt.embedded.enabled,
+            "health check: MQTT broker down"
+        );
+    }
+    let failed: Vec<&str> = [("database", database), ("broker", broker)]
+        .into_iter()
+        .filter(|(_, v)| *v == "down")
+        .map(|(k, _)| k)
+        .collect();
+    let checks = json!({ "database": database, "broker": broker });
+    if failed.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "checks": checks })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "checks": checks, "failed": failed })),
+        )
+            .into_response()
     }
 }
 

@@ -490,21 +490,71 @@ async fn readiness_and_watchdog_pings_are_signalled_to_systemd() {
     sim.shutdown().await;
 }
 
+/// The shipped example leaves out everything enrollment provides, so an installed copy
+/// plus `dmr-agent enroll` runs as the enrolled gateway (a placeholder id or broker left in
+/// the file would override the enrollment).
 #[test]
-fn the_shipped_example_configuration_is_valid() {
+fn the_shipped_example_configuration_is_valid_once_enrolled_and_enrollment_wins() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.example.toml");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&example)
-        .env_remove("DMR_MQTT_URL")
-        .output()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Uuid::now_v7();
+    let (l1, l2) = (Uuid::now_v7(), Uuid::now_v7());
+    let key = dmr_protocol::keys::generate();
+    let enrollment = serde_json::json!({
+        "gateway_id": gw,
+        "trusted_keys": [{"key_id": 7, "public_key": dmr_protocol::keys::public_b64u(&key.verifying_key())}],
+        "mqtt": {"url": "mqtt://broker.enrolled.test:1883", "username": format!("gw-{gw}"), "password": "enrolled-secret"},
+        "sync_url": "https://cloud.enrolled.test",
+        "locks": [{"lock_id": l1, "addr": 1}, {"lock_id": l2, "addr": 2}],
+    });
+    std::fs::write(
+        dir.path().join("enrollment.json"),
+        serde_json::to_vec(&enrollment).unwrap(),
+    )
+    .unwrap();
+    let run = |state_dir: &Path| {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&example)
+            .env("DMR_STATE_DIR", state_dir)
+            .env_remove("DMR_MQTT_URL")
+            .env_remove("DMR_MQTT_USERNAME")
+            .env_remove("DMR_MQTT_PASSWORD")
+            .env_remove("DMR_GATEWAY_ID")
+            .env_remove("DMR_CLOUD_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 lock(s)"));
+    assert!(stdout.contains(&format!("gateway {gw}")), "{stdout}");
+    assert!(stdout.contains("2 lock(s)"), "{stdout}");
+    assert!(stdout.contains("1 trusted key(s)"), "{stdout}");
+    // The broker, credentials and sync URL are the enrollment's, not a placeholder's.
+    let env = [(
+        "DMR_STATE_DIR".to_string(),
+        dir.path().display().to_string(),
+    )];
+    let c = dmr_edge_agent::agent::config::load(Some(&example), env).unwrap();
+    let mqtt = c.mqtt.expect("mqtt from the enrollment");
+    assert_eq!(mqtt.host, "broker.enrolled.test");
+    assert_eq!(mqtt.username.as_deref(), Some(format!("gw-{gw}").as_str()));
+    assert_eq!(mqtt.password.unwrap().expose(), "enrolled-secret");
+    assert_eq!(c.cloud_url.as_deref(), Some("https://cloud.enrolled.test"));
+    // Not enrolled yet: the example names what is missing instead of running as a placeholder.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(empty.path());
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gateway_id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

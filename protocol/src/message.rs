@@ -511,7 +511,47 @@ pub fn open<'k>(
     expect: Expect,
 ) -> Result<(Kid, Envelope), MessageError> {
     let (kid, payload) = jws::verify(compact, resolve)?;
-    let env = Envelope::from_json(&payload)?;
+    check(kid, &payload, expect)
+}
+
+/// [`open`] for many messages at once, with the signatures checked by Ed25519 batch
+/// verification ([`jws::verify_many`]): the same answer for every item as `open` would
+/// give, in input order, at a fraction of the CPU for large batches. `resolve(i, kid)` is
+/// the key the `i`-th message's `kid` names, if trusted.
+pub fn open_many<'k>(
+    items: &[(&str, Expect)],
+    resolve: impl Fn(usize, &Kid) -> Option<&'k VerifyingKey>,
+) -> Vec<Result<(Kid, Envelope), MessageError>> {
+    let mut out: Vec<Option<Result<(Kid, Envelope), MessageError>>> =
+        (0..items.len()).map(|_| None).collect();
+    let mut parsed = Vec::with_capacity(items.len());
+    for (i, (compact, _)) in items.iter().enumerate() {
+        match jws::parse(compact) {
+            Err(e) => out[i] = Some(Err(e.into())),
+            Ok(u) => match resolve(i, &u.kid()) {
+                None => out[i] = Some(Err(JwsError::UnknownKid { kid: u.kid() }.into())),
+                Some(key) => parsed.push((i, u, key)),
+            },
+        }
+    }
+    let pairs: Vec<(&jws::Unverified<'_>, &VerifyingKey)> =
+        parsed.iter().map(|(_, u, k)| (u, *k)).collect();
+    let payloads = jws::verify_many(&pairs);
+    for ((i, u, _), payload) in parsed.iter().zip(payloads) {
+        out[*i] = Some(match payload {
+            Ok(p) => check(u.kid(), &p, items[*i].1),
+            Err(e) => Err(e.into()),
+        });
+    }
+    // Every index was answered above: by the parse, the key lookup or the verification.
+    out.into_iter()
+        .map(|o| o.unwrap_or(Err(JwsError::Segments { found: 0 }.into())))
+        .collect()
+}
+
+/// What [`open`] checks once the signature is good.
+fn check(kid: Kid, payload: &[u8], expect: Expect) -> Result<(Kid, Envelope), MessageError> {
+    let env = Envelope::from_json(payload)?;
     let kind = env.message.message_type();
     match (kind.from_gateway(), kid) {
         (true, Kid::Gateway(signer)) if signer == env.gw => {}
@@ -601,6 +641,79 @@ mod tests {
             open(&gw_jws, |_| Some(&vk), exp(0)),
             Err(MessageError::WrongSigner { .. })
         ));
+    }
+
+    /// `open_many` answers exactly what `open` answers, item by item, whatever the mix and
+    /// wherever the bad ones sit in a batch (batch verification bisects to find them).
+    #[test]
+    fn open_many_answers_like_open_for_every_item() {
+        let keys: Vec<SigningKey> = (0..6u8)
+            .map(|i| SigningKey::from_bytes(&[i + 10; 32]))
+            .collect();
+        let vks: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
+        let gws: Vec<Uuid> = (0..6u128).map(|i| Uuid::from_u128(0x100 + i)).collect();
+        let mut texts = Vec::new();
+        let mut expects = Vec::new();
+        for n in 0..200u128 {
+            let g = (n % 6) as usize;
+            let env = Envelope::new(
+                Uuid::from_u128(n + 1),
+                gws[g],
+                n as u64,
+                Message::State(GatewayState { online: n % 2 == 0 }),
+            );
+            let mut text = env.sign(Kid::Gateway(gws[g]), &keys[g]);
+            let mut expect_gw = gws[g];
+            match n {
+                // A flipped signature character: bad signature.
+                7 | 150 => {
+                    let last = text.pop().unwrap();
+                    text.push(if last == 'A' { 'B' } else { 'A' });
+                }
+                // Signed by another gateway's key under this gateway's kid.
+                33 => text = env.sign(Kid::Gateway(gws[g]), &keys[(g + 1) % 6]),
+                // Another gateway's kid.
+                60 => text = env.sign(Kid::Gateway(gws[(g + 1) % 6]), &keys[(g + 1) % 6]),
+                // Arrived for another gateway.
+                90 => expect_gw = gws[(g + 2) % 6],
+                // Not a JWS at all.
+                120 => text = "garbage".to_string(),
+                _ => {}
+            }
+            texts.push(text);
+            expects.push(Expect {
+                gw: expect_gw,
+                now_ms: 0,
+            });
+        }
+        let resolve = |expect: &Expect, kid: &Kid| {
+            let g = gws.iter().position(|g| *g == expect.gw)?;
+            (*kid == Kid::Gateway(expect.gw)).then_some(&vks[g])
+        };
+        for len in [1usize, 3, 5, 64, 200] {
+            let items: Vec<(&str, Expect)> = texts[..len]
+                .iter()
+                .zip(&expects)
+                .map(|(t, e)| (t.as_str(), *e))
+                .collect();
+            let many = open_many(&items, |i, kid| resolve(&items[i].1, kid));
+            assert_eq!(many.len(), len);
+            let mut bad = 0;
+            for (i, got) in many.iter().enumerate() {
+                let one = open(items[i].0, |kid| resolve(&items[i].1, kid), items[i].1);
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{one:?}"),
+                    "item {i} of a batch of {len}"
+                );
+                bad += usize::from(got.is_err());
+            }
+            let expected_bad = [7usize, 33, 60, 90, 120, 150]
+                .iter()
+                .filter(|&&n| n < len)
+                .count();
+            assert_eq!(bad, expected_bad, "batch of {len}");
+        }
     }
 
     #[test]

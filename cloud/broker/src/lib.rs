@@ -152,6 +152,17 @@ pub struct Stats {
     pub keepalive_timeouts: AtomicU64,
     pub wills_published: AtomicU64,
     pub takeovers: AtomicU64,
+    /// Whether the accept loop is running (the listener is alive): `/health` reads it.
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+/// Clears [`Stats::listening`] however the accept loop ends (stop, or a panic).
+struct ListeningGuard(Arc<Stats>);
+
+impl Drop for ListeningGuard {
+    fn drop(&mut self) {
+        self.0.listening.store(false, Ordering::Relaxed);
+    }
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -242,6 +253,7 @@ impl Broker {
             stats: stats.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
+        stats.listening.store(true, Ordering::Relaxed);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%addr, "embedded MQTT broker listening");
         Ok(Broker {
@@ -287,6 +299,7 @@ impl Broker {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let _listening = ListeningGuard(shared.stats.clone());
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut tasks = JoinSet::new();
     let mut next_id: u64 = 0;
@@ -328,6 +341,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         }
     }
     drop(listener);
+    shared.stats.listening.store(false, Ordering::Relaxed);
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })

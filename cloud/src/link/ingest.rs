@@ -154,7 +154,12 @@ fn verify_one(raw: &str, gw: Uuid, key: &VerifyingKey) -> Result<Envelope, Rejec
         now_ms: u64::try_from(now_ms()).unwrap_or(0),
     };
     let resolve = |kid: &Kid| (*kid == Kid::Gateway(gw)).then_some(key);
-    match message::open(raw, resolve, expect) {
+    classify(message::open(raw, resolve, expect))
+}
+
+/// What `open` answered, as an ingest outcome.
+fn classify(r: Result<(Kid, Envelope), MessageError>) -> Result<Envelope, RejectReason> {
+    match r {
         Ok((_, env)) if env.message.message_type().from_gateway() => Ok(env),
         Ok(_) => Err(RejectReason::NotFromGateway),
         Err(MessageError::Jws(JwsError::UnknownKid { .. })) => Err(RejectReason::WrongSigner),
@@ -163,10 +168,6 @@ fn verify_one(raw: &str, gw: Uuid, key: &VerifyingKey) -> Result<Envelope, Rejec
         Err(MessageError::WrongGateway { .. }) => Err(RejectReason::WrongGateway),
         Err(e) => Err(RejectReason::Malformed(e.to_string())),
     }
-}
-
-fn verify_all(raw: &[String], gw: Uuid, key: &VerifyingKey) -> Vec<Result<Envelope, RejectReason>> {
-    raw.iter().map(|r| verify_one(r, gw, key)).collect()
 }
 
 fn ms(v: u64) -> i64 {
@@ -262,28 +263,49 @@ impl Ingest {
         self.load_key(gw).await
     }
 
-    async fn verify_batch(
+    /// Verifies every item whose gateway is known, on the blocking pool (signature checks are
+    /// CPU work and must not hold up the async workers), in up to two halves so both cores
+    /// share a large batch, each half checked with Ed25519 batch verification.
+    async fn verify_items(
         &self,
-        gw: Uuid,
-        key: VerifyingKey,
-        raw: &[&str],
-    ) -> Result<Vec<Result<Envelope, RejectReason>>, ApiError> {
-        if raw.len() < BLOCKING_BATCH {
-            return Ok(raw.iter().map(|r| verify_one(r, gw, &key)).collect());
+        items: &[(Uuid, &str)],
+        entries: &HashMap<Uuid, GatewayEntry>,
+    ) -> Result<Vec<Option<Result<Envelope, RejectReason>>>, ApiError> {
+        let work: Vec<(usize, Uuid, String, VerifyingKey)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (gw, raw))| {
+                let (key, _) = entries.get(gw)?.key.clone()?;
+                Some((i, *gw, (*raw).to_string(), key))
+            })
+            .collect();
+        let mut verified: Vec<Option<Result<Envelope, RejectReason>>> =
+            (0..items.len()).map(|_| None).collect();
+        if work.len() < BLOCKING_BATCH {
+            for (i, v) in verify_chunk(work) {
+                verified[i] = Some(v);
+            }
+            return Ok(verified);
         }
-        // Signature checks are CPU work: keep them off the async workers.
-        let owned: Vec<String> = raw.iter().map(|s| (*s).to_string()).collect();
-        tokio::task::spawn_blocking(move || verify_all(&owned, gw, &key))
-            .await
-            .map_err(ApiError::internal)
+        let half = work.len().div_ceil(2);
+        let mut first = work;
+        let second = first.split_off(half);
+        let a = tokio::task::spawn_blocking(move || verify_chunk(first));
+        let b = tokio::task::spawn_blocking(move || verify_chunk(second));
+        for h in [a, b] {
+            for (i, v) in h.await.map_err(ApiError::internal)? {
+                verified[i] = Some(v);
+            }
+        }
+        Ok(verified)
     }
 
-    /// [`Ingest::submit`] for a batch that mixes gateways (the MQTT bridge's case: one
-    /// heartbeat from each of many gateways). Each item is checked against the gateway it
-    /// arrived for, exactly as `submit` does, but the whole batch is applied in ONE
-    /// transaction and verified on up to two blocking threads, so the per-commit cost is
-    /// paid once per batch instead of once per gateway. Same order and meaning of outcomes;
-    /// an `Err` means nothing of the batch was applied.
+    /// Verifies and applies gateway messages, each checked against the gateway it arrived
+    /// for (the MQTT topic's, or the authenticated HTTP caller's), the whole batch in ONE
+    /// transaction whatever the mix of gateways. Returns one [`Outcome`] per item, same
+    /// order. An `Err` means the database failed and nothing of the batch was applied: retry
+    /// it. Both paths (the MQTT bridge, the HTTP event drain) come through here, so they share
+    /// one apply order (see [`apply_all`]).
     pub async fn submit_many(
         &self,
         via: Via,
@@ -300,112 +322,31 @@ impl Ingest {
                 entries.insert(*gw, e);
             }
         }
-        let work: Vec<(usize, Uuid, String, VerifyingKey)> = items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (gw, raw))| {
-                let (key, _) = entries.get(gw)?.key.clone()?;
-                Some((i, *gw, (*raw).to_string(), key))
-            })
-            .collect();
-        let mut verified: Vec<Option<Result<Envelope, RejectReason>>> =
-            (0..items.len()).map(|_| None).collect();
-        // Signature checks are CPU work: off the async workers, split in two halves.
-        let half = work.len().div_ceil(2).max(1);
-        let mut handles = Vec::new();
-        let mut work = work;
-        while !work.is_empty() {
-            let rest = work.split_off(work.len().min(half));
-            let chunk = std::mem::replace(&mut work, rest);
-            handles.push(tokio::task::spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .map(|(i, gw, raw, key)| (i, verify_one(&raw, gw, &key)))
-                    .collect::<Vec<_>>()
-            }));
-        }
-        for h in handles {
-            for (i, v) in h.await.map_err(ApiError::internal)? {
-                verified[i] = Some(v);
-            }
-        }
+        let mut verified = self.verify_items(items, &entries).await?;
         // A cached key may predate a re-enrollment: re-read once and retry the failures.
+        let mut reread: HashMap<Uuid, GatewayEntry> = HashMap::new();
         for (i, (gw, raw)) in items.iter().enumerate() {
             let stale = entries
                 .get(gw)
                 .is_some_and(|e| e.at.elapsed() > Duration::from_millis(500));
             if stale && matches!(verified[i], Some(Err(RejectReason::BadSignature))) {
-                let e = self.key_of(*gw, true).await?;
-                verified[i] = e.key.as_ref().map(|(k, _)| verify_one(raw, *gw, k));
-                entries.insert(*gw, e);
-            }
-        }
-        let received_at = now_ms();
-        let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
-        let mut applied_kinds: Vec<&'static str> = Vec::new();
-        // Apply in one fixed order, by gateway and then message id, whatever order the
-        // messages arrived in: concurrent batches (this instance's workers, other
-        // instances) then take row locks (message ids, gateway rows, their locks' rows) in
-        // the same order, instead of deadlocking on PostgreSQL and retrying. Per-gateway
-        // state is ordered by the messages' own timestamps, not by arrival, so this changes
-        // no result.
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| {
-            let id = verified[i]
-                .as_ref()
-                .and_then(|v| v.as_ref().ok())
-                .map(|env| env.id);
-            (items[i].0, id)
-        });
-        let mut tx = self.db.pool.begin().await?;
-        for i in order {
-            let gw = &items[i].0;
-            let merchant = entries
-                .get(gw)
-                .and_then(|e| e.key.as_ref().map(|(_, m)| m.clone()));
-            let (Some(v), Some(merchant_id)) = (&verified[i], merchant) else {
-                outcomes[i] = Some(Outcome::Rejected(RejectReason::UnknownGateway));
-                continue;
-            };
-            match v {
-                Err(reason) => outcomes[i] = Some(Outcome::Rejected(reason.clone())),
-                Ok(env) => {
-                    let kind = env.message.message_type().as_str();
-                    let fresh = sqlx::query(
-                        "INSERT INTO gateway_messages (id, gateway_id, type, ts, via, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(env.id.to_string())
-                    .bind(gw.to_string())
-                    .bind(kind)
-                    .bind(ms(env.ts))
-                    .bind(via.as_str())
-                    .bind(received_at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if fresh {
-                        let ctx = GatewayCtx {
-                            gateway_id: *gw,
-                            merchant_id,
-                            via,
-                        };
-                        apply(&mut tx, &ctx, env, received_at).await?;
-                        applied_kinds.push(kind);
-                        outcomes[i] = Some(Outcome::Applied);
-                    } else {
-                        outcomes[i] = Some(Outcome::Duplicate);
+                let e = match reread.get(gw) {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = self.key_of(*gw, true).await?;
+                        reread.insert(*gw, e.clone());
+                        e
                     }
-                }
+                };
+                verified[i] = e.key.as_ref().map(|(k, _)| verify_one(raw, *gw, k));
             }
         }
+        entries.extend(reread);
+        let received_at = now_ms();
+        let mut tx = self.db.pool.begin().await?;
+        let (outcomes, applied_kinds) =
+            apply_all(&mut tx, via, items, &entries, &verified, received_at).await?;
         tx.commit().await?;
-        // Every index was visited exactly once above.
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Rejected(RejectReason::UnknownGateway)))
-            .collect();
         for (o, (gw, _)) in outcomes.iter().zip(items) {
             match o {
                 Outcome::Applied => {}
@@ -422,146 +363,593 @@ impl Ingest {
         Ok(outcomes)
     }
 
-    /// Verify (signature, signer, gw == topic/caller) and apply a batch in ONE transaction
-    /// per call. Duplicate ids are dropped (table `gateway_messages`, primary key = message
-    /// id, insert-if-absent). Returns one Outcome per input, same order. An `Err` means the
-    /// database failed and nothing of the batch was applied: retry it.
+    /// [`Ingest::submit_many`] for messages that all came for one gateway (the HTTP event
+    /// drain): the same loop, the same order, the same outcomes.
     pub async fn submit(&self, gw: Uuid, via: Via, raw: &[&str]) -> Result<Vec<Outcome>, ApiError> {
-        if raw.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut entry = self.key_of(gw, false).await?;
-        let Some((mut key, mut merchant_id)) = entry.key.clone() else {
-            for _ in raw {
-                self.metrics.rejected(RejectReason::UnknownGateway.as_str());
-            }
-            return Ok(vec![
-                Outcome::Rejected(RejectReason::UnknownGateway);
-                raw.len()
-            ]);
-        };
-        let mut verified = self.verify_batch(gw, key, raw).await?;
-        // A cached key may predate a re-enrollment: re-read once and retry the failures.
-        if entry.at.elapsed() > Duration::from_millis(500)
-            && verified
-                .iter()
-                .any(|v| matches!(v, Err(RejectReason::BadSignature)))
-        {
-            entry = self.key_of(gw, true).await?;
-            match entry.key.clone() {
-                None => {
-                    for _ in raw {
-                        self.metrics.rejected(RejectReason::UnknownGateway.as_str());
-                    }
-                    return Ok(vec![
-                        Outcome::Rejected(RejectReason::UnknownGateway);
-                        raw.len()
-                    ]);
-                }
-                Some((k, m)) => {
-                    key = k;
-                    merchant_id = m;
-                    for (i, v) in verified.iter_mut().enumerate() {
-                        if matches!(v, Err(RejectReason::BadSignature)) {
-                            *v = verify_one(raw[i], gw, &key);
-                        }
-                    }
-                }
-            }
-        }
-        let ctx = GatewayCtx {
-            gateway_id: gw,
-            merchant_id,
-            via,
-        };
-        let received_at = now_ms();
-        let mut outcomes = Vec::with_capacity(raw.len());
-        let mut applied_kinds: Vec<&'static str> = Vec::new();
-        let mut tx = self.db.pool.begin().await?;
-        // Phase 1: claim every message id, in sorted order. Two batches that share ids (the
-        // same outbox drained by HTTP while MQTT redelivers) then take the unique-index
-        // entries in the same order, so on PostgreSQL one waits for the other instead of
-        // deadlocking; neither holds a gateway or lock row yet.
-        let mut ids: Vec<(Uuid, &Envelope)> = verified
-            .iter()
-            .filter_map(|v| v.as_ref().ok())
-            .map(|e| (e.id, e))
-            .collect();
-        ids.sort_by_key(|(id, _)| *id);
-        ids.dedup_by_key(|(id, _)| *id);
-        let mut fresh = std::collections::HashSet::new();
-        for (id, env) in &ids {
-            let won = sqlx::query(
-                "INSERT INTO gateway_messages (id, gateway_id, type, ts, via, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id.to_string())
-            .bind(gw.to_string())
-            .bind(env.message.message_type().as_str())
-            .bind(ms(env.ts))
-            .bind(via.as_str())
-            .bind(received_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if won {
-                fresh.insert(*id);
-            }
-        }
-        // Phase 2: apply the new ones in the order they were sent.
-        for v in &verified {
-            match v {
-                Err(reason) => outcomes.push(Outcome::Rejected(reason.clone())),
-                Ok(env) => {
-                    // `remove`: a second copy of an id in the same batch is a duplicate.
-                    if fresh.remove(&env.id) {
-                        apply(&mut tx, &ctx, env, received_at).await?;
-                        applied_kinds.push(env.message.message_type().as_str());
-                        outcomes.push(Outcome::Applied);
-                    } else {
-                        outcomes.push(Outcome::Duplicate);
-                    }
-                }
-            }
-        }
-        tx.commit().await?;
-        for o in &outcomes {
-            match o {
-                Outcome::Applied => {}
-                Outcome::Duplicate => self.metrics.duplicates(1),
-                Outcome::Rejected(r) => {
-                    tracing::info!(gateway = %gw, via = via.as_str(), reason = %r, "gateway message rejected");
-                    self.metrics.rejected(r.as_str());
-                }
-            }
-        }
-        for k in applied_kinds {
-            self.metrics.applied(k, 1);
-        }
-        Ok(outcomes)
+        let items: Vec<(Uuid, &str)> = raw.iter().map(|r| (gw, *r)).collect();
+        self.submit_many(via, &items).await
     }
 }
 
-async fn apply(
+/// Verifies one half of a batch (on a blocking thread) with [`message::open_many`].
+fn verify_chunk(
+    chunk: Vec<(usize, Uuid, String, VerifyingKey)>,
+) -> Vec<(usize, Result<Envelope, RejectReason>)> {
+    let now = u64::try_from(now_ms()).unwrap_or(0);
+    let inputs: Vec<(&str, Expect)> = chunk
+        .iter()
+        .map(|(_, gw, raw, _)| {
+            (
+                raw.as_str(),
+                Expect {
+                    gw: *gw,
+                    now_ms: now,
+                },
+            )
+        })
+        .collect();
+    let results = message::open_many(&inputs, |i, kid| {
+        let (_, gw, _, key) = &chunk[i];
+        (*kid == Kid::Gateway(*gw)).then_some(key)
+    });
+    chunk
+        .iter()
+        .zip(results)
+        .map(|((i, _, _, _), r)| (*i, classify(r)))
+        .collect()
+}
+
+/// Bound parameters per multi-row statement. Far below SQLite's 32,766 and PostgreSQL's
+/// 65,535, and deliberately small: sqlx binds SQLite parameters by name, and SQLite looks a
+/// name up by a linear scan of the statement's parameter list, so binding costs grow with
+/// the square of the parameters per statement (profiled: with 3,000-parameter statements,
+/// `sqlite3_bind_parameter_name` and `strncmp` took 38% of the ingest bench's CPU). At 160
+/// the lookups are negligible and a 500-message batch still needs only a few dozen statements.
+const PARAMS_PER_STATEMENT: usize = 160;
+
+/// Rows of `cols` parameters that fit in one statement.
+fn rows_per_statement(cols: usize) -> usize {
+    (PARAMS_PER_STATEMENT / cols.max(1)).max(1)
+}
+
+/// `($1, $2, $3), ($4, $5, $6)` for `rows` rows of `cols` placeholders. The dynamic SQL of
+/// this module (`AssertSqlSafe`) is built only from these numbered placeholders and fixed
+/// text; every value is bound.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$1, $2, ...` for an `IN (...)` list.
+fn in_list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A change for the live feed, inserted with the others of its batch in one statement.
+struct Change {
+    merchant_id: String,
+    kind: &'static str,
+    entity_id: String,
+    data: Value,
+}
+
+async fn insert_changes(conn: &mut AnyConnection, changes: Vec<Change>) -> Result<(), ApiError> {
+    let now = now_ms();
+    for chunk in changes.chunks(rows_per_statement(6)) {
+        let sql = format!(
+            "INSERT INTO live_changes (id, merchant_id, kind, entity_id, data, created_at) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for c in chunk {
+            q = q
+                .bind(new_id())
+                .bind(c.merchant_id.clone())
+                .bind(c.kind)
+                .bind(c.entity_id.clone())
+                .bind(c.data.to_string())
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// One lock's state from the newest heartbeat of its gateway, to be written.
+struct HbLock<'a> {
+    id: String,
+    gw: String,
+    status: &'static str,
+    door: bool,
+    locked: bool,
+    fw: &'a str,
+    ts: i64,
+    /// Differs from the stored state in something the console shows.
+    visible: bool,
+    merchant: &'a str,
+}
+
+/// The newest heartbeat of each gateway in a batch.
+type NewestHeartbeats<'a> = std::collections::BTreeMap<Uuid, (&'a Good<'a>, &'a Heartbeat)>;
+/// The newest door event of each lock in a batch: (message, closed, at).
+type NewestDoors<'a> = std::collections::BTreeMap<String, (&'a Good<'a>, bool, i64)>;
+/// id, online, last_seen_at, outbox_pending, outbox_oldest_age_s
+type GatewayAfter = (String, i64, Option<i64>, Option<i64>, Option<i64>);
+
+/// One message that passed verification, for a known gateway.
+struct Good<'a> {
+    i: usize,
+    ctx: GatewayCtx,
+    env: &'a Envelope,
+}
+
+/// Applies a verified batch inside the caller's transaction; returns the outcomes (input
+/// order) and the kinds applied (for metrics).
+///
+/// The work is done per batch, not per message: one multi-row insert claims every message
+/// id (a duplicate is an id already there: `ON CONFLICT DO NOTHING RETURNING id` returns only
+/// the new ones); heartbeats are coalesced, the newest per gateway wins the batch (an older
+/// one would change nothing after it: every state column moves only forward by message
+/// time), and update their gateways in one statement and their locks in another; door
+/// events are coalesced per lock (newest wins) into one statement; event rows go in one
+/// insert; live-feed rows in one insert at the end. What stays per message is rare or
+/// belongs to another feature: gateway `state`, acks, alarms, firmware, the order hooks.
+///
+/// Row-lock order. Concurrent batches (this instance's workers, other instances, the HTTP
+/// drain) take row locks phase by phase in one fixed order, and within a phase in sorted
+/// key order: message ids (sorted by id), gateway rows (state messages, then heartbeats,
+/// sorted by gateway id), lock rows (sorted by lock id), then per-event work in (gateway,
+/// message id) order. On PostgreSQL that keeps two batches from waiting on each other in
+/// a cycle in the common case; a deadlock that still happens (a rare per-event update of
+/// a row another batch took in an earlier phase) fails one batch as a whole, which the
+/// bridge retries and the HTTP agent resends: nothing is applied twice or lost.
+async fn apply_all(
     conn: &mut AnyConnection,
-    ctx: &GatewayCtx,
-    env: &Envelope,
+    via: Via,
+    items: &[(Uuid, &str)],
+    entries: &HashMap<Uuid, GatewayEntry>,
+    verified: &[Option<Result<Envelope, RejectReason>>],
+    received_at: i64,
+) -> Result<(Vec<Outcome>, Vec<&'static str>), ApiError> {
+    let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
+    let mut good: Vec<Good<'_>> = Vec::new();
+    for (i, (gw, _)) in items.iter().enumerate() {
+        let merchant = entries
+            .get(gw)
+            .and_then(|e| e.key.as_ref().map(|(_, m)| m.clone()));
+        match (&verified[i], merchant) {
+            (Some(Ok(env)), Some(merchant_id)) => good.push(Good {
+                i,
+                ctx: GatewayCtx {
+                    gateway_id: *gw,
+                    merchant_id,
+                    via,
+                },
+                env,
+            }),
+            (Some(Err(reason)), Some(_)) => outcomes[i] = Some(Outcome::Rejected(reason.clone())),
+            _ => outcomes[i] = Some(Outcome::Rejected(RejectReason::UnknownGateway)),
+        }
+    }
+    // Phase 1: claim the ids, sorted by id. A second copy of an id within the batch is a
+    // duplicate like one from an earlier batch.
+    good.sort_by_key(|g| (g.env.id, g.i));
+    let mut claims: Vec<&Good<'_>> = Vec::with_capacity(good.len());
+    for g in &good {
+        if claims.last().is_some_and(|c| c.env.id == g.env.id) {
+            outcomes[g.i] = Some(Outcome::Duplicate);
+        } else {
+            claims.push(g);
+        }
+    }
+    let mut won: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in claims.chunks(rows_per_statement(6)) {
+        let sql = format!(
+            "INSERT INTO gateway_messages (id, gateway_id, type, ts, via, received_at) VALUES {} \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            placeholders(chunk.len(), 6)
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for g in chunk {
+            q = q
+                .bind(g.env.id.to_string())
+                .bind(g.ctx.gateway_id.to_string())
+                .bind(g.env.message.message_type().as_str())
+                .bind(ms(g.env.ts))
+                .bind(via.as_str())
+                .bind(received_at);
+        }
+        won.extend(q.fetch_all(&mut *conn).await?);
+    }
+    let mut fresh: Vec<&Good<'_>> = Vec::with_capacity(claims.len());
+    for g in claims {
+        if won.contains(&g.env.id.to_string()) {
+            fresh.push(g);
+        } else {
+            outcomes[g.i] = Some(Outcome::Duplicate);
+        }
+    }
+    fresh.sort_by_key(|g| (g.ctx.gateway_id, g.env.id));
+    let mut applied_kinds: Vec<&'static str> = Vec::with_capacity(fresh.len());
+    for g in &fresh {
+        outcomes[g.i] = Some(Outcome::Applied);
+        applied_kinds.push(g.env.message.message_type().as_str());
+    }
+    let mut changes: Vec<Change> = Vec::new();
+
+    // Phase 2: gateway rows. State messages one by one (rare: connects and Last Wills),
+    // then the heartbeats, newest per gateway.
+    for g in &fresh {
+        if let Message::State(st) = &g.env.message {
+            apply_state(conn, &g.ctx, g.env.ts, *st).await?;
+        }
+    }
+    let mut newest_hb: NewestHeartbeats<'_> = std::collections::BTreeMap::new();
+    for g in &fresh {
+        if let Message::Heartbeat(hb) = &g.env.message {
+            let newer = newest_hb
+                .get(&g.ctx.gateway_id)
+                .is_none_or(|(n, _)| (n.env.ts, n.env.id) < (g.env.ts, g.env.id));
+            if newer {
+                newest_hb.insert(g.ctx.gateway_id, (g, hb));
+            }
+        }
+    }
+    let hb_applied = apply_heartbeats(conn, &newest_hb, &mut changes).await?;
+
+    // Phase 3: lock rows. Heartbeat lock states, then door events (newest per lock).
+    apply_heartbeat_locks(conn, &newest_hb, &hb_applied, &mut changes).await?;
+    let mut newest_door: NewestDoors<'_> = std::collections::BTreeMap::new();
+    for g in &fresh {
+        if let Message::Event(Event::Door(d)) = &g.env.message {
+            let at = ms(d.at);
+            let key = d.lock_id.to_string();
+            let newer = newest_door
+                .get(&key)
+                .is_none_or(|(n, _, nat)| (*nat, n.env.id) < (at, g.env.id));
+            if newer {
+                newest_door.insert(key, (g, d.door == DoorChange::Closed, at));
+            }
+        }
+    }
+    apply_doors(conn, &newest_door, &mut changes).await?;
+
+    // Phase 4: event rows, then per-event work in (gateway, id) order.
+    let events: Vec<(&Good<'_>, &Event)> = fresh
+        .iter()
+        .filter_map(|g| match &g.env.message {
+            Message::Event(ev) => Some((*g, ev)),
+            _ => None,
+        })
+        .collect();
+    insert_events(conn, &events, received_at).await?;
+    for (g, ev) in &events {
+        apply_event_rest(conn, &g.ctx, g.env, ev).await?;
+    }
+    for g in &fresh {
+        if let Message::Ack(ack) = &g.env.message {
+            crate::link::commands::on_ack(conn, g.ctx.gateway_id, ack, ms(g.env.ts)).await?;
+            // An order's `cmd unlock` answered: the order moves on (or fails over).
+            crate::orders::on_command_result(
+                conn,
+                g.ctx.gateway_id,
+                ack.cmd,
+                ack.result,
+                ms(g.env.ts),
+            )
+            .await?;
+        }
+    }
+    insert_changes(conn, changes).await?;
+    // Every index was given an outcome above.
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Rejected(RejectReason::UnknownGateway)))
+        .collect();
+    Ok((outcomes, applied_kinds))
+}
+
+/// online before the heartbeats (to tell whether they changed it).
+async fn online_of(
+    conn: &mut AnyConnection,
+    gws: &[String],
+) -> Result<HashMap<String, i64>, ApiError> {
+    let mut out = HashMap::with_capacity(gws.len());
+    for chunk in gws.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT id, online FROM gateways WHERE id IN ({})",
+            in_list(chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// The gateway columns of the newest heartbeat per gateway, in multi-row statements
+/// (sorted by gateway id). A heartbeat older than one already applied changes
+/// nothing; one newer than the last offline state brings the gateway back online. Returns
+/// the gateways whose row the heartbeat updated (their locks are next).
+async fn apply_heartbeats(
+    conn: &mut AnyConnection,
+    newest: &NewestHeartbeats<'_>,
+    changes: &mut Vec<Change>,
+) -> Result<std::collections::HashSet<Uuid>, ApiError> {
+    let mut applied = std::collections::HashSet::new();
+    if newest.is_empty() {
+        return Ok(applied);
+    }
+    let ids: Vec<String> = newest.keys().map(Uuid::to_string).collect();
+    let before = online_of(conn, &ids).await?;
+    let rows: Vec<(&Uuid, &(&Good<'_>, &Heartbeat))> = newest.iter().collect();
+    for chunk in rows.chunks(rows_per_statement(4)) {
+        let sql = format!(
+            "WITH v (hb_gw, hb_ts, hb_pending, hb_oldest) AS (VALUES {}) \
+             UPDATE gateways SET heartbeat_ts = hb_ts, outbox_pending = hb_pending, \
+             outbox_oldest_age_s = hb_oldest, \
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < hb_ts THEN hb_ts ELSE last_seen_at END, \
+             online = CASE WHEN offline_ts IS NULL OR offline_ts < hb_ts THEN 1 ELSE online END \
+             FROM v WHERE id = hb_gw AND (heartbeat_ts IS NULL OR heartbeat_ts < hb_ts) \
+             RETURNING id, online, last_seen_at, outbox_pending, outbox_oldest_age_s",
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query_as::<_, GatewayAfter>(sqlx::AssertSqlSafe(sql));
+        for (gw, (g, hb)) in chunk {
+            q = q
+                .bind(gw.to_string())
+                .bind(ms(g.env.ts))
+                .bind(i64::try_from(hb.outbox_pending).unwrap_or(i64::MAX))
+                .bind(hb.outbox_oldest_age_s.map(ms));
+        }
+        for (id, online, last_seen_at, pending, oldest) in q.fetch_all(&mut *conn).await? {
+            let Ok(gw) = Uuid::parse_str(&id) else {
+                continue;
+            };
+            applied.insert(gw);
+            if before.get(&id) != Some(&online)
+                && let Some((g, _)) = newest.get(&gw)
+            {
+                changes.push(Change {
+                    merchant_id: g.ctx.merchant_id.clone(),
+                    kind: "gateway",
+                    entity_id: id.clone(),
+                    data: json!({
+                        "gateway_id": gw, "online": online == 1, "last_seen_at": last_seen_at,
+                        "outbox_pending": pending, "outbox_oldest_age_s": oldest,
+                    }),
+                });
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// The lock states the applied heartbeats report, in multi-row statements (sorted by
+/// lock id). Only the reporting gateway's own locks, only when newer than the lock's last
+/// heartbeat; a disabled lock stays disabled. A live change for each visible difference.
+async fn apply_heartbeat_locks(
+    conn: &mut AnyConnection,
+    newest: &NewestHeartbeats<'_>,
+    applied: &std::collections::HashSet<Uuid>,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let gws: Vec<String> = newest
+        .keys()
+        .filter(|g| applied.contains(g))
+        .map(Uuid::to_string)
+        .collect();
+    if gws.is_empty() {
+        return Ok(());
+    }
+    let mut current: HashMap<String, (String, LockNow)> = HashMap::new();
+    for chunk in gws.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT id, gateway_id, status, door_closed, locked, fw_version, last_heartbeat_at FROM locks \
+             WHERE gateway_id IN ({}) AND deleted_at IS NULL",
+            in_list(chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, LockNowGw>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        for l in q.fetch_all(&mut *conn).await? {
+            current.insert(
+                l.id,
+                (
+                    l.gateway_id,
+                    LockNow {
+                        status: l.status,
+                        door_closed: l.door_closed,
+                        locked: l.locked,
+                        fw_version: l.fw_version,
+                        last_heartbeat_at: l.last_heartbeat_at,
+                    },
+                ),
+            );
+        }
+    }
+    let mut rows: Vec<HbLock<'_>> = Vec::new();
+    for (gw, (g, hb)) in newest {
+        if !applied.contains(gw) {
+            continue;
+        }
+        let ts = ms(g.env.ts);
+        let gw_s = gw.to_string();
+        for ls in &hb.locks {
+            let id = ls.lock_id.to_string();
+            // Only this gateway's own locks: a heartbeat cannot touch another gateway's lock.
+            let Some((owner, now)) = current.get(&id) else {
+                continue;
+            };
+            if *owner != gw_s || now.last_heartbeat_at.is_some_and(|t| t >= ts) {
+                continue;
+            }
+            let status = if now.status == "disabled" {
+                "disabled"
+            } else if ls.online {
+                "online"
+            } else {
+                "offline"
+            };
+            let visible = now.status != status
+                || now.door_closed != Some(flag(ls.door_closed))
+                || now.locked != Some(flag(ls.locked))
+                || now.fw_version.as_deref() != Some(ls.fw.as_str());
+            rows.push(HbLock {
+                id,
+                gw: gw_s.clone(),
+                status,
+                door: ls.door_closed,
+                locked: ls.locked,
+                fw: ls.fw.as_str(),
+                ts,
+                visible,
+                merchant: g.ctx.merchant_id.as_str(),
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows.dedup_by(|a, b| a.id == b.id);
+    for chunk in rows.chunks(rows_per_statement(7)) {
+        let sql = format!(
+            "WITH v (l_id, l_gw, l_status, l_door, l_locked, l_fw, l_ts) AS (VALUES {}) \
+             UPDATE locks SET status = l_status, door_closed = l_door, locked = l_locked, \
+             fw_version = l_fw, last_heartbeat_at = l_ts, \
+             status_changed_at = CASE WHEN status <> l_status THEN l_ts ELSE status_changed_at END \
+             FROM v WHERE id = l_id AND gateway_id = l_gw \
+             AND (last_heartbeat_at IS NULL OR last_heartbeat_at < l_ts) RETURNING id",
+            placeholders(chunk.len(), 7)
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.id.clone())
+                .bind(r.gw.clone())
+                .bind(r.status)
+                .bind(flag(r.door))
+                .bind(flag(r.locked))
+                .bind(r.fw.to_string())
+                .bind(r.ts);
+        }
+        let updated: std::collections::HashSet<String> =
+            q.fetch_all(&mut *conn).await?.into_iter().collect();
+        for r in chunk {
+            if r.visible && updated.contains(&r.id) {
+                changes.push(Change {
+                    merchant_id: r.merchant.to_string(),
+                    kind: "lock",
+                    entity_id: r.id.clone(),
+                    data: json!({
+                        "lock_id": r.id, "gateway_id": r.gw, "status": r.status,
+                        "door_closed": r.door, "locked": r.locked, "fw_version": r.fw,
+                        "last_heartbeat_at": r.ts,
+                    }),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The newest door event per lock, in multi-row statements (sorted by lock id): moves
+/// the door state only forward by event time, only on the sending gateway's own locks.
+async fn apply_doors(
+    conn: &mut AnyConnection,
+    newest: &NewestDoors<'_>,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let rows: Vec<(&String, &(&Good<'_>, bool, i64))> = newest.iter().collect();
+    for chunk in rows.chunks(rows_per_statement(4)) {
+        let sql = format!(
+            "WITH v (d_id, d_gw, d_closed, d_at) AS (VALUES {}) \
+             UPDATE locks SET door_closed = d_closed, door_at = d_at FROM v \
+             WHERE id = d_id AND gateway_id = d_gw AND deleted_at IS NULL \
+             AND (door_at IS NULL OR door_at < d_at) \
+             RETURNING id, gateway_id, status, door_closed, locked, fw_version, last_heartbeat_at",
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query_as::<_, LockNowGw>(sqlx::AssertSqlSafe(sql));
+        for (id, (g, closed, at)) in chunk {
+            q = q
+                .bind((*id).clone())
+                .bind(g.ctx.gateway_id.to_string())
+                .bind(flag(*closed))
+                .bind(*at);
+        }
+        for l in q.fetch_all(&mut *conn).await? {
+            let Some((g, _, _)) = newest.get(&l.id) else {
+                continue;
+            };
+            changes.push(Change {
+                merchant_id: g.ctx.merchant_id.clone(),
+                kind: "lock",
+                entity_id: l.id.clone(),
+                data: json!({
+                    "lock_id": l.id, "gateway_id": g.ctx.gateway_id, "status": l.status,
+                    "door_closed": l.door_closed.map(|d| d == 1), "locked": l.locked.map(|x| x == 1),
+                    "fw_version": l.fw_version, "last_heartbeat_at": l.last_heartbeat_at,
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every applied event's row in `gateway_events`, in multi-row statements.
+async fn insert_events(
+    conn: &mut AnyConnection,
+    events: &[(&Good<'_>, &Event)],
     received_at: i64,
 ) -> Result<(), ApiError> {
-    match &env.message {
-        Message::Heartbeat(hb) => apply_heartbeat(conn, ctx, env.ts, hb).await,
-        Message::State(s) => apply_state(conn, ctx, env.ts, *s).await,
-        Message::Event(ev) => apply_event(conn, ctx, env, ev, received_at).await,
-        Message::Ack(ack) => {
-            crate::link::commands::on_ack(conn, ctx.gateway_id, ack, ms(env.ts)).await?;
-            // An order's `cmd unlock` answered: the order moves on (or fails over).
-            crate::orders::on_command_result(conn, ctx.gateway_id, ack.cmd, ack.result, ms(env.ts))
-                .await
+    for chunk in events.chunks(rows_per_statement(9)) {
+        let sql = format!(
+            "INSERT INTO gateway_events (id, gateway_id, merchant_id, lock_id, kind, payload, ts, via, \
+             received_at) VALUES {}",
+            placeholders(chunk.len(), 9)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (g, ev) in chunk {
+            let (kind, at) = match ev {
+                Event::Unlock(e) => ("unlock", e.at),
+                Event::Door(e) => ("door", e.at),
+                Event::Alarm(e) => ("alarm", e.at),
+                Event::Fw(e) => ("fw", e.at),
+            };
+            let payload = serde_json::to_string(ev).map_err(ApiError::internal)?;
+            q = q
+                .bind(g.env.id.to_string())
+                .bind(g.ctx.gateway_id.to_string())
+                .bind(g.ctx.merchant_id.clone())
+                .bind(ev.lock_id().to_string())
+                .bind(kind)
+                .bind(payload)
+                .bind(ms(at))
+                .bind(g.ctx.via.as_str())
+                .bind(received_at);
         }
-        // verify_one refuses commands before they get here.
-        Message::Cmd(_) => Ok(()),
+        q.execute(&mut *conn).await?;
     }
+    Ok(())
 }
 
 /// online, last_seen_at, outbox_pending, outbox_oldest_age_s
@@ -638,7 +1026,6 @@ async fn apply_state(
 
 #[derive(sqlx::FromRow)]
 struct LockNow {
-    id: String,
     status: String,
     door_closed: Option<i64>,
     locked: Option<i64>,
@@ -646,96 +1033,15 @@ struct LockNow {
     last_heartbeat_at: Option<i64>,
 }
 
-async fn apply_heartbeat(
-    conn: &mut AnyConnection,
-    ctx: &GatewayCtx,
-    ts: u64,
-    hb: &Heartbeat,
-) -> Result<(), ApiError> {
-    let ts = ms(ts);
-    let gw = ctx.gateway_id.to_string();
-    // Gateway: last seen, outbox figures (newest heartbeat only), and online again if this
-    // heartbeat is newer than the last offline state.
-    let before: Option<(i64,)> = sqlx::query_as("SELECT online FROM gateways WHERE id = $1")
-        .bind(gw.clone())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let updated = sqlx::query(
-        "UPDATE gateways SET heartbeat_ts = $1, outbox_pending = $2, outbox_oldest_age_s = $3, \
-         last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 THEN $1 ELSE last_seen_at END, \
-         online = CASE WHEN offline_ts IS NULL OR offline_ts < $1 THEN 1 ELSE online END \
-         WHERE id = $4 AND (heartbeat_ts IS NULL OR heartbeat_ts < $1)",
-    )
-    .bind(ts)
-    .bind(i64::try_from(hb.outbox_pending).unwrap_or(i64::MAX))
-    .bind(hb.outbox_oldest_age_s.map(ms))
-    .bind(gw.clone())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        // An older heartbeat than one already applied: nothing of it is newer.
-        return Ok(());
-    }
-    let after: Option<(i64,)> = sqlx::query_as("SELECT online FROM gateways WHERE id = $1")
-        .bind(gw.clone())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if before != after {
-        gateway_change(conn, ctx).await?;
-    }
-    let locks: Vec<LockNow> = sqlx::query_as(
-        "SELECT id, status, door_closed, locked, fw_version, last_heartbeat_at FROM locks \
-         WHERE gateway_id = $1 AND deleted_at IS NULL",
-    )
-    .bind(gw.clone())
-    .fetch_all(&mut *conn)
-    .await?;
-    let by_id: HashMap<&str, &LockNow> = locks.iter().map(|l| (l.id.as_str(), l)).collect();
-    for ls in &hb.locks {
-        let id = ls.lock_id.to_string();
-        // Only this gateway's own locks: a heartbeat cannot touch another gateway's lock.
-        let Some(now) = by_id.get(id.as_str()) else {
-            continue;
-        };
-        if now.last_heartbeat_at.is_some_and(|t| t >= ts) {
-            continue;
-        }
-        let status = if now.status == "disabled" {
-            "disabled"
-        } else if ls.online {
-            "online"
-        } else {
-            "offline"
-        };
-        let visible = now.status != status
-            || now.door_closed != Some(flag(ls.door_closed))
-            || now.locked != Some(flag(ls.locked))
-            || now.fw_version.as_deref() != Some(ls.fw.as_str());
-        sqlx::query(
-            "UPDATE locks SET status = $1, door_closed = $2, locked = $3, fw_version = $4, \
-             last_heartbeat_at = $5, \
-             status_changed_at = CASE WHEN status <> $1 THEN $5 ELSE status_changed_at END \
-             WHERE id = $6 AND gateway_id = $7",
-        )
-        .bind(status)
-        .bind(flag(ls.door_closed))
-        .bind(flag(ls.locked))
-        .bind(ls.fw.clone())
-        .bind(ts)
-        .bind(id.clone())
-        .bind(gw.clone())
-        .execute(&mut *conn)
-        .await?;
-        if visible {
-            let data = json!({
-                "lock_id": id, "gateway_id": gw, "status": status, "door_closed": ls.door_closed,
-                "locked": ls.locked, "fw_version": ls.fw, "last_heartbeat_at": ts,
-            });
-            record_change(conn, &ctx.merchant_id, "lock", &id, &data).await?;
-        }
-    }
-    Ok(())
+#[derive(sqlx::FromRow)]
+struct LockNowGw {
+    id: String,
+    gateway_id: String,
+    status: String,
+    door_closed: Option<i64>,
+    locked: Option<i64>,
+    fw_version: Option<String>,
+    last_heartbeat_at: Option<i64>,
 }
 
 async fn lock_change(
@@ -762,57 +1068,18 @@ async fn lock_change(
     Ok(())
 }
 
-async fn apply_event(
+/// What an applied event does beyond its `gateway_events` row and the batched door state
+/// (both done for the whole batch): alarms, firmware, and the order hooks.
+async fn apply_event_rest(
     conn: &mut AnyConnection,
     ctx: &GatewayCtx,
     env: &Envelope,
     ev: &Event,
-    received_at: i64,
 ) -> Result<(), ApiError> {
     let lock_id = ev.lock_id().to_string();
     let gw = ctx.gateway_id.to_string();
-    let (kind, at) = match ev {
-        Event::Unlock(e) => ("unlock", e.at),
-        Event::Door(e) => ("door", e.at),
-        Event::Alarm(e) => ("alarm", e.at),
-        Event::Fw(e) => ("fw", e.at),
-    };
-    let at = ms(at);
-    let payload = serde_json::to_string(ev).map_err(ApiError::internal)?;
-    sqlx::query(
-        "INSERT INTO gateway_events (id, gateway_id, merchant_id, lock_id, kind, payload, ts, via, \
-         received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(env.id.to_string())
-    .bind(gw.clone())
-    .bind(ctx.merchant_id.clone())
-    .bind(lock_id.clone())
-    .bind(kind)
-    .bind(payload)
-    .bind(at)
-    .bind(ctx.via.as_str())
-    .bind(received_at)
-    .execute(&mut *conn)
-    .await?;
     match ev {
-        Event::Unlock(_) => {}
-        Event::Door(d) => {
-            let n = sqlx::query(
-                "UPDATE locks SET door_closed = $1, door_at = $2 \
-                 WHERE id = $3 AND gateway_id = $4 AND deleted_at IS NULL \
-                 AND (door_at IS NULL OR door_at < $2)",
-            )
-            .bind(flag(d.door == DoorChange::Closed))
-            .bind(at)
-            .bind(lock_id.clone())
-            .bind(gw.clone())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if n > 0 {
-                lock_change(conn, ctx, &lock_id).await?;
-            }
-        }
+        Event::Unlock(_) | Event::Door(_) => {}
         Event::Alarm(a) => {
             let own: Option<(String,)> = sqlx::query_as(
                 "SELECT id FROM locks WHERE id = $1 AND gateway_id = $2 AND deleted_at IS NULL",
@@ -825,7 +1092,7 @@ async fn apply_event(
             if own.is_none() {
                 tracing::info!(gateway = %gw, lock = %lock_id, "alarm for a lock not on this gateway");
             } else {
-                apply_alarm(conn, ctx, &lock_id, a.alarm, a.detail.as_deref(), at).await?;
+                apply_alarm(conn, ctx, &lock_id, a.alarm, a.detail.as_deref(), ms(a.at)).await?;
             }
         }
         Event::Fw(f) => {

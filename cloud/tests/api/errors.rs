@@ -3,11 +3,15 @@
 
 use crate::on_every_backend;
 
-on_every_backend!(bad_input_gets_4xx_with_the_error_body, health_and_metrics);
+on_every_backend!(
+    bad_input_gets_4xx_with_the_error_body,
+    health_and_metrics,
+    health_checks_the_embedded_broker_and_the_external_bridge
+);
 
 mod scenarios {
     use reqwest::StatusCode;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use crate::common::{DbKind, TestApp, error_code};
 
@@ -187,9 +191,14 @@ mod scenarios {
 
     pub async fn health_and_metrics(kind: &DbKind) {
         let app = TestApp::spawn(kind).await;
+        let _broker = dmr_cloud::broker::start_embedded(&app.state)
+            .await
+            .unwrap()
+            .expect("the embedded broker is on by default");
         let (s, b) = app.call(reqwest::Method::GET, "/health", None, None).await;
-        assert_eq!(s, StatusCode::OK);
+        assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["checks"]["database"], "ok");
+        assert_eq!(b["checks"]["broker"], "ok");
         let _ = app
             .call(reqwest::Method::GET, "/api/v1/venues", None, None)
             .await;
@@ -226,6 +235,80 @@ mod scenarios {
         let (s, b) = app.call(reqwest::Method::GET, "/health", None, None).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(b["checks"]["database"], "down");
+        assert_eq!(b["failed"], json!(["database"]));
         app.stop().await;
+    }
+
+    async fn health(app: &TestApp) -> (StatusCode, Value) {
+        app.call(reqwest::Method::GET, "/health", None, None).await
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/health` answers 503 naming the broker when the embedded broker's listener is not
+    /// accepting, or (external broker) when the cloud's bridge is not connected to it.
+    pub async fn health_checks_the_embedded_broker_and_the_external_bridge(kind: &DbKind) {
+        // Embedded (the default): configured but not running is a failure.
+        let host = TestApp::spawn(kind).await;
+        let (s, b) = health(&host).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert_eq!(b["checks"]["database"], "ok");
+        assert_eq!(b["checks"]["broker"], "down");
+        assert_eq!(b["failed"], json!(["broker"]));
+        let broker = dmr_cloud::broker::start_embedded(&host.state)
+            .await
+            .unwrap()
+            .expect("enabled by default");
+        let addr = broker.local_addr();
+        let (s, b) = health(&host).await;
+        assert_eq!((s, &b["checks"]["broker"]), (StatusCode::OK, &json!("ok")));
+
+        // External: another instance on the same database (so the same cloud password)
+        // uses that broker through its bridge.
+        let ext = TestApp::spawn_on(kind, &host.url, |c| {
+            c.mqtt.embedded.enabled = false;
+            c.mqtt.url = format!("mqtt://{addr}");
+            c.mqtt.host = addr.ip().to_string();
+            c.mqtt.port = addr.port();
+            c.mqtt.client_id = format!("health-test-{}", uuid::Uuid::new_v4().simple());
+        })
+        .await;
+        let (s, b) = health(&ext).await;
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bridge not started: {b}"
+        );
+        assert_eq!(b["failed"], json!(["broker"]));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (bridge, liveness) = dmr_cloud::app::spawn_link(&ext.state, "health-test", &rx);
+        wait_for("the bridge connects", || ext.state.mqtt.is_connected()).await;
+        let (s, b) = health(&ext).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["checks"]["broker"], "ok");
+
+        // The broker goes away: both instances say so.
+        broker.shutdown().await;
+        let (s, b) = health(&host).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert_eq!(b["failed"], json!(["broker"]));
+        wait_for("the bridge notices", || !ext.state.mqtt.is_connected()).await;
+        let (s, b) = health(&ext).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert_eq!(b["checks"]["broker"], "down");
+        assert_eq!(b["checks"]["database"], "ok");
+
+        let _ = stop.send(true);
+        for t in [bridge, liveness].into_iter().flatten() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), t).await;
+        }
+        ext.stop().await;
+        host.stop().await;
     }
 }
