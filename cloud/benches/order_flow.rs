@@ -25,7 +25,9 @@
 //! Sizing (environment): DMR_FLOW_GATEWAYS (8), DMR_FLOW_LOCKS (per gateway, 48),
 //! DMR_FLOW_RATES (flows/s, comma separated, "100,250,500"), DMR_FLOW_SECS (measured seconds
 //! per rate, 10), DMR_FLOW_WARMUP_SECS (3), DMR_FLOW_RUNS (rounds over the rates, 3),
-//! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8).
+//! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8),
+//! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
+//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -203,6 +205,7 @@ fn start_gateway(
             // long enough for the agent's poll to see both.
             .args(["--door", "auto", "--door-open-after-ms", "30"])
             .args(["--door-close-after-ms", &(poll_ms * 2 + 50).to_string()])
+            .args(line_baud_args())
             .stdout(sim_out)
             .stderr(Stdio::null())
             .spawn()
@@ -278,6 +281,23 @@ locks = [ {locks} ]
             .unwrap(),
     );
     (sim, agent)
+}
+
+/// The 1-minute load average: the machine is shared, and the figures move with it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `DMR_FLOW_LINE_BAUD` (unset by default): simulate the wire time at that baud too, to
+/// compare against the default run without line time.
+fn line_baud_args() -> Vec<String> {
+    match std::env::var("DMR_FLOW_LINE_BAUD") {
+        Ok(b) if !b.is_empty() => vec!["--line-baud".into(), b],
+        _ => Vec::new(),
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -394,13 +414,20 @@ async fn one_flow(
 async fn monitor(db: dmr_cloud::db::Db, shared: Arc<Shared>, stop: Arc<AtomicU64>) {
     while stop.load(Ordering::Relaxed) == 0 {
         let q0 = Instant::now();
-        let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<i64>)> = match sqlx::query_as(
             "SELECT id, status, unlocked_at FROM orders \
              WHERE status IN ('created', 'paid', 'unlocking', 'unlocked')",
         )
         .fetch_all(&db.pool)
         .await
-        .unwrap();
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("monitor: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let mut active = HashSet::with_capacity(rows.len());
         let gone: Vec<String> = {
             let mut flows = shared.flows.lock().unwrap();
@@ -419,7 +446,9 @@ async fn monitor(db: dmr_cloud::db::Db, shared: Arc<Shared>, stop: Arc<AtomicU64
                 .collect()
         };
         for id in gone {
-            let row = final_status(&db, &id).await;
+            let Some(row) = final_status(&db, &id).await else {
+                continue;
+            };
             let Some(mut f) = shared.flows.lock().unwrap().remove(&id) else {
                 continue;
             };
@@ -435,12 +464,18 @@ async fn monitor(db: dmr_cloud::db::Db, shared: Arc<Shared>, stop: Arc<AtomicU64
     }
 }
 
-async fn final_status(db: &dmr_cloud::db::Db, id: &str) -> (String, Option<i64>) {
-    sqlx::query_as("SELECT status, unlocked_at FROM orders WHERE id = $1")
+async fn final_status(db: &dmr_cloud::db::Db, id: &str) -> Option<(String, Option<i64>)> {
+    match sqlx::query_as("SELECT status, unlocked_at FROM orders WHERE id = $1")
         .bind(id.to_string())
         .fetch_one(&db.pool)
         .await
-        .unwrap()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("monitor: {e}");
+            None
+        }
+    }
 }
 
 struct RunResult {
@@ -733,7 +768,9 @@ async fn run_backend(name: &str, url: &str) {
     let shared = Arc::new(Shared::default());
     shared.free.lock().unwrap().extend(0..locks.len());
     let stop_mon = Arc::new(AtomicU64::new(0));
-    let mon = tokio::spawn(monitor(state.db.clone(), shared.clone(), stop_mon.clone()));
+    // The monitor reads through a pool of its own, so it never takes the cloud's connections.
+    let mon_db = dmr_cloud::db::Db::connect(url, 2).await.unwrap();
+    let mon = tokio::spawn(monitor(mon_db, shared.clone(), stop_mon.clone()));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(30))
@@ -745,8 +782,9 @@ async fn run_backend(name: &str, url: &str) {
         for &rate in &rates() {
             let r = run_rate(&state.db, &http, &base, &locks, &shared, rate, warmup, secs).await;
             println!(
-                "round {round} offered {:>5.0}/s: achieved {:>6.1}/s, unlocked {}/{} (failed {}, no free lock {}), \
+                "round {round} (load average {}) offered {:>5.0}/s: achieved {:>6.1}/s, unlocked {}/{} (failed {}, no free lock {}), \
                  latency p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms; create p99 {:.1} ms, pay p99 {:.1} ms; errors {:?}",
+                loadavg(),
                 r.offered,
                 r.achieved,
                 r.unlocked,
