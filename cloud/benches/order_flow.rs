@@ -504,6 +504,8 @@ async fn run_rate(
     secs: Duration,
 ) -> RunResult {
     shared.done.lock().unwrap().clear();
+    // Flows still open from the previous rate belong to it, not to this one.
+    shared.flows.lock().unwrap().clear();
     shared.errors.lock().unwrap().clear();
     shared.no_free_lock.store(0, Ordering::Relaxed);
     let interval = Duration::from_secs_f64(1.0 / rate);
