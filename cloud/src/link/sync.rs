@@ -170,24 +170,9 @@ pub async fn sync(
     };
     let put: Vec<String> = tokens.into_iter().map(|(_, t, _)| t).collect();
 
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM token_revocations WHERE gateway_id = $1")
-            .bind(gw.clone())
-            .fetch_one(&mut *conn)
-            .await?;
-    let revocations = match current {
-        Some(v) if v > revocations_after => {
-            let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT token_id FROM token_revocations WHERE gateway_id = $1 AND not_after > $2 \
-                 ORDER BY token_id",
-            )
-            .bind(gw.clone())
-            .bind(now / 1000)
-            .fetch_all(&mut *conn)
-            .await?;
-            json!({ "version": v, "token_ids": ids })
-        }
-        _ => Value::Null,
+    let revocations = match revocation_list(&mut conn, &gw, revocations_after, now).await? {
+        Some((v, ids)) => json!({ "version": v, "token_ids": ids }),
+        None => Value::Null,
     };
 
     let config_version: i64 =
@@ -243,6 +228,38 @@ pub async fn queue_token(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The gateway's whole revocation list (ids not yet expired) and its version, if that
+/// version is newer than `after`. Sync sends it; so does the push after a refund
+/// (`orders::push_revocations`): a gateway takes a list only if its version is not older
+/// than the one it holds, so a pushed list must be the whole list, or a revocation whose
+/// push was lost would never arrive by sync either.
+pub async fn revocation_list(
+    conn: &mut AnyConnection,
+    gateway_id: &str,
+    after: i64,
+    now_ms: i64,
+) -> Result<Option<(i64, Vec<String>)>, ApiError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM token_revocations WHERE gateway_id = $1")
+            .bind(gateway_id.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+    match current {
+        Some(v) if v > after => {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT token_id FROM token_revocations WHERE gateway_id = $1 AND not_after > $2 \
+                 ORDER BY token_id",
+            )
+            .bind(gateway_id.to_string())
+            .bind(now_ms / 1000)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(Some((v, ids)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Adds a token to the gateway's revocation list and bumps the list's version; returns the

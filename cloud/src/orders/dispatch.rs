@@ -183,6 +183,9 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
     )
     .await?;
     tx.commit().await?;
+    // Sending takes pool connections of its own (the gateway lookup, the command row): hold
+    // none meanwhile, or concurrent dispatches starve the pool waiting for each other.
+    drop(conn);
     if !won {
         return Ok(());
     }
@@ -195,7 +198,7 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
     sqlx::query("UPDATE orders SET unlock_command_id = $1 WHERE id = $2")
         .bind(cmd.to_string())
         .bind(order_id.to_string())
-        .execute(&mut *conn)
+        .execute(&state.db.pool)
         .await?;
     Ok(())
 }

@@ -260,6 +260,38 @@ async fn on_unlock(
     }
 }
 
+/// The order a `cmd unlock` was sent for, found through the token it carried: the stored
+/// command names its token id (by primary key), and `orders.token_id` is indexed. Not
+/// through `orders.unlock_command_id`, which has no index (every ack scanned the whole
+/// orders table, a cost that grew with every order ever sold) and is written only after the
+/// command is published, so a fast ack could arrive before it and find no order.
+async fn order_of_command(
+    conn: &mut AnyConnection,
+    gateway_id: Uuid,
+    cmd_id: Uuid,
+) -> Result<Option<String>, ApiError> {
+    let body: Option<String> = sqlx::query_scalar(
+        "SELECT body FROM gateway_commands WHERE id = $1 AND gateway_id = $2 AND op = 'unlock'",
+    )
+    .bind(cmd_id.to_string())
+    .bind(gateway_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let token_id = body
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["token_id"].as_str().map(String::from));
+    let Some(token_id) = token_id else {
+        return Ok(None);
+    };
+    Ok(
+        sqlx::query_scalar("SELECT id FROM orders WHERE token_id = $1 AND gateway_id = $2")
+            .bind(token_id)
+            .bind(gateway_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
 /// The ack hook: the result of the `cmd unlock` an order sent.
 pub async fn on_command_result(
     conn: &mut AnyConnection,
@@ -268,12 +300,7 @@ pub async fn on_command_result(
     result: ResultCode,
     ts_ms: i64,
 ) -> Result<(), ApiError> {
-    let order_id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM orders WHERE unlock_command_id = $1")
-            .bind(cmd_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(order_id) = order_id else {
+    let Some(order_id) = order_of_command(conn, gateway_id, cmd_id).await? else {
         return Ok(());
     };
     let Some(order) = load(conn, &order_id).await? else {

@@ -350,6 +350,8 @@ pub async fn refund(
     .await?;
     tx.commit().await?;
     drop(conn);
+    // A full refund revoked the order's token: tell a connected gateway now.
+    super::push_revocations(&state, &id);
     // Send now rather than on the next job round; the job retries if this fails.
     if let Err(e) = refunds::send_due(&state, now_ms(), 10).await {
         tracing::warn!(error = %e, "sending a refund right away failed; the job retries");

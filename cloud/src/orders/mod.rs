@@ -279,7 +279,7 @@ pub async fn transition(
 /// A fully refunded order's unlock token must not open the door any more (the person may
 /// still hold it as an offline QR code). Its id goes on the gateway's revocation list in the
 /// same transaction as the `refunding` transition; the gateway receives the list with its
-/// next sync.
+/// next sync, and sooner through [`push_revocations`] once the transaction has committed.
 async fn revoke_order_token(conn: &mut AnyConnection, order_id: &str) -> Result<(), ApiError> {
     let row: Option<(String, Option<String>, Option<i64>)> =
         sqlx::query_as("SELECT gateway_id, token_id, token_not_after FROM orders WHERE id = $1")
@@ -293,6 +293,62 @@ async fn revoke_order_token(conn: &mut AnyConnection, order_id: &str) -> Result<
     }
     Ok(())
 }
+
+/// After a commit that may have revoked `order_id`'s token: sends the gateway its whole
+/// revocation list as a cloud-signed `tokens.revoke` command, so a connected gateway refuses
+/// the token at once instead of at its next sync. Best effort and in the background (a
+/// refund never waits for the gateway): an unreachable gateway gets the same list from
+/// sync, which stays the guarantee. Sends nothing if the token is not on the list.
+pub fn push_revocations(state: &crate::AppState, order_id: &str) {
+    let state = state.clone();
+    let order_id = order_id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = try_push_revocations(&state, &order_id).await {
+            tracing::info!(order_id, error = %e, "pushing the revocation list failed; the gateway gets it with its next sync");
+        }
+    });
+}
+
+async fn try_push_revocations(state: &crate::AppState, order_id: &str) -> Result<(), ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT gateway_id, token_id FROM orders WHERE id = $1")
+            .bind(order_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((gateway_id, Some(token_id))) = row else {
+        return Ok(());
+    };
+    let Some((version, ids)) =
+        crate::link::sync::revocation_list(&mut conn, &gateway_id, -1, now_ms()).await?
+    else {
+        return Ok(());
+    };
+    drop(conn);
+    if !ids.contains(&token_id) {
+        return Ok(());
+    }
+    let token_ids = ids
+        .iter()
+        .filter_map(|t| uuid::Uuid::try_parse(t).ok())
+        .collect();
+    let gw = uuid::Uuid::try_parse(&gateway_id).map_err(ApiError::internal)?;
+    state
+        .commands
+        .send(
+            gw,
+            dmr_protocol::message::Command::TokensRevoke {
+                token_ids,
+                version: u64::try_from(version).unwrap_or(0),
+            },
+            REVOKE_PUSH_TTL,
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long a pushed revocation list stays valid for the gateway; after that, sync.
+const REVOKE_PUSH_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Order transitions this process has recorded, by target status, for
 /// `dmr_order_transitions_total{to}` (the unlock-failure and refund-rate alerts). A counter

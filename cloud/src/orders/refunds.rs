@@ -379,11 +379,12 @@ async fn mark_refunding(state: &AppState, order_id: &str, now: i64) -> Result<()
     let mut conn = state.db.pool.acquire().await?;
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
     money::write_lock(&mut tx).await?;
+    let mut won = false;
     if let Some(order) = super::load(&mut tx, order_id).await?
         && order.status().can_go_to(Status::Refunding)
         && refundable(&mut tx, order_id).await? == 0
     {
-        transition(
+        won = transition(
             &mut tx,
             order_id,
             order.status(),
@@ -396,5 +397,8 @@ async fn mark_refunding(state: &AppState, order_id: &str, now: i64) -> Result<()
         .await?;
     }
     tx.commit().await?;
+    if won {
+        super::push_revocations(state, order_id);
+    }
     Ok(())
 }

@@ -259,6 +259,11 @@ pub async fn apply(
         }
     }
     tx.commit().await?;
+    // Back to the pool before dispatching: the dispatch takes connections of its own, and a
+    // request holding one idle while waiting for another starves the pool under load (every
+    // connection held by a payer waiting for a second one: a stall until the acquire
+    // timeout, measured by the order_flow bench).
+    drop(conn);
     state.metrics.count("payment_notifications_applied_total");
     if let Some(order_id) = dispatch {
         orders::dispatch::dispatch_unlock(state, &order_id).await;

@@ -1,0 +1,862 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The whole online order flow under an open-loop load: for every flow the generator creates
+//! an order through the public H5 API (`POST /api/v1/public/orders`), pays it in the sandbox
+//! (`POST /pay/sandbox/{payment}`, which delivers a signed notification to the cloud), and the
+//! cloud signs the unlock token and publishes `cmd unlock` through a real Mosquitto to a real
+//! `dmr-agent`, which drives a real `dmr-lock-sim` over a pty and acks; the ack (ingested by
+//! the cloud's MQTT bridge) moves the order to `unlocked`. A flow's latency runs from the
+//! moment it was *scheduled* (open loop: a slow cloud does not slow the generator down, and
+//! queueing shows up in the figures) to the order's `unlocked_at`.
+//!
+//! One lock takes one active order at a time and an order stays active until the door opened
+//! and closed again (`completed`), so the bench runs many locks: `G` gateways (one agent and
+//! one simulator each, every simulator serving `M` lock addresses on its pty) and the
+//! simulators open and close each door shortly after the latch releases. A lock goes back to
+//! the generator's pool when its order leaves the active states.
+//!
+//! Line time: the simulators run without `--line-baud`, so no wire time is simulated; what
+//! remains of the bus is the pty round trip, which the agent's own ack latency (reported
+//! separately, `gateway_command_acks.latency_ms`) bounds from above.
+//!
+//! `cargo bench -p dmr-cloud --bench order_flow` (SQLite in a temp dir; PostgreSQL too when
+//! DMR_TEST_DATABASE_URL is set, e.g. through `scripts/run_postgres.sh`). Needs `mosquitto`
+//! and the bench-profile binaries: `cargo build --profile bench -p dmr-edge-agent -p
+//! dmr-firmware-sim` first (looked up in DMR_E2E_BIN_DIR, else `<target>/release`).
+//! Sizing (environment): DMR_FLOW_GATEWAYS (8), DMR_FLOW_LOCKS (per gateway, 48),
+//! DMR_FLOW_RATES (flows/s, comma separated, "100,250,500"), DMR_FLOW_SECS (measured seconds
+//! per rate, 10), DMR_FLOW_WARMUP_SECS (3), DMR_FLOW_RUNS (rounds over the rates, 3),
+//! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8),
+//! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
+//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dmr_cloud::config::Config;
+use dmr_cloud::db::now_ms;
+use dmr_protocol::keys::{generate, public_b64u};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rates() -> Vec<f64> {
+    std::env::var("DMR_FLOW_RATES")
+        .unwrap_or_else(|_| "100,250,500".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("DMR_E2E_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release")))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: `cargo build --profile bench -p dmr-edge-agent -p dmr-firmware-sim` first \
+         (or set DMR_E2E_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &Path) -> (u16, Proc) {
+    let port = free_port();
+    let conf = dir.join("m.conf");
+    // No inflight cap and deep queues: the cloud acks after applying, and Mosquitto's default
+    // of 20 in flight per client would make the broker, not the cloud, the limit.
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n\
+             max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\nlog_type error\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto installed (scripts/setup.sh)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (port, Proc(child))
+}
+
+struct Lock {
+    id: Uuid,
+    qr: String,
+    plan: String,
+}
+
+struct Gateway {
+    id: Uuid,
+    key: dmr_protocol::keys::SigningKey,
+    locks: Vec<(u8, Lock)>,
+}
+
+async fn seed(db: &dmr_cloud::db::Db, gws: usize, per_gw: usize) -> Vec<Gateway> {
+    let now = now_ms();
+    let mid = Uuid::new_v4().to_string();
+    let vid = Uuid::new_v4().to_string();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO merchants (id, name, commission_bp, created_at, updated_at) VALUES ($1, 'Bench', 500, $2, $2)")
+        .bind(mid.clone()).bind(now).execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO venues (id, merchant_id, name, created_at, updated_at) VALUES ($1, $2, 'Venue', $3, $3)")
+        .bind(vid.clone()).bind(mid.clone()).bind(now).execute(&mut *tx).await.unwrap();
+    let mut out = Vec::new();
+    for g in 0..gws {
+        let gw = Gateway {
+            id: Uuid::new_v4(),
+            key: generate(),
+            locks: Vec::new(),
+        };
+        sqlx::query("INSERT INTO gateways (id, merchant_id, venue_id, name, status, public_key, enrolled_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'GW', 'enrolled', $4, $5, $5, $5)")
+            .bind(gw.id.to_string()).bind(mid.clone()).bind(vid.clone())
+            .bind(public_b64u(&gw.key.verifying_key())).bind(now)
+            .execute(&mut *tx).await.unwrap();
+        let mut gw = gw;
+        for a in 1..=per_gw {
+            let lock = Lock {
+                id: Uuid::new_v4(),
+                qr: format!("QR{}", Uuid::new_v4().simple()),
+                plan: Uuid::new_v4().to_string(),
+            };
+            sqlx::query("INSERT INTO locks (id, merchant_id, venue_id, gateway_id, name, device_code, bus_address, qr_code, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'L', $5, $6, $7, $8, $8)")
+                .bind(lock.id.to_string()).bind(mid.clone()).bind(vid.clone()).bind(gw.id.to_string())
+                .bind(format!("DEV-{g}-{a}")).bind(a as i64).bind(lock.qr.clone()).bind(now)
+                .execute(&mut *tx).await.unwrap();
+            sqlx::query("INSERT INTO price_plans (id, merchant_id, lock_id, name, duration_minutes, price_fen, position, created_at) \
+                         VALUES ($1, $2, $3, '1 hour', 60, 300, 0, $4)")
+                .bind(lock.plan.clone()).bind(mid.clone()).bind(lock.id.to_string()).bind(now)
+                .execute(&mut *tx).await.unwrap();
+            gw.locks.push((a as u8, lock));
+        }
+        out.push(gw);
+    }
+    tx.commit().await.unwrap();
+    out
+}
+
+/// Starts one simulator (its pty linked at `dir/ttyN`) and one agent for `gw`.
+fn start_gateway(
+    dir: &Path,
+    n: usize,
+    gw: &Gateway,
+    trusted: &[(u32, String)],
+    mqtt_port: u16,
+    poll_ms: usize,
+) -> (Proc, Proc) {
+    let tty = dir.join(format!("tty{n}"));
+    let sim_out = std::fs::File::create(dir.join(format!("sim{n}.out"))).unwrap();
+    let sim = Proc(
+        Command::new(bin("dmr-lock-sim"))
+            .args(["--locks", &gw.locks.len().to_string()])
+            .arg("--link")
+            .arg(&tty)
+            // The person opens the door soon after the latch releases and closes it again,
+            // long enough for the agent's poll to see both.
+            .args(["--door", "auto", "--door-open-after-ms", "30"])
+            .args(["--door-close-after-ms", &(poll_ms * 2 + 50).to_string()])
+            .args(line_baud_args())
+            .stdout(sim_out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !tty.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "sim {n} has no pty"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = dir.join(format!("agent{n}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let key_file = dir.join(format!("gw{n}.key"));
+    dmr_protocol::keys::save_signing_key(&key_file, &gw.key).unwrap();
+    let trusted: Vec<String> = trusted
+        .iter()
+        .map(|(id, k)| format!("\"{id}\" = \"{k}\""))
+        .collect();
+    let locks: Vec<String> = gw
+        .locks
+        .iter()
+        .map(|(a, l)| format!("{{ addr = {a}, lock_id = \"{}\" }}", l.id))
+        .collect();
+    let conf = format!(
+        r#"gateway_id = "{gw}"
+state_dir = "{state}"
+key_file = "{key}"
+poll_interval_ms = {poll_ms}
+offline_after = 3
+unlock_timeout_ms = 3000
+heartbeat_interval_s = 2
+
+[trusted_keys]
+{trusted}
+
+[http]
+listen = "127.0.0.1:0"
+status_listen = "127.0.0.1:0"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+keep_alive_s = 30
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+
+[[bus]]
+port = "{tty}"
+baud = 115200
+locks = [ {locks} ]
+"#,
+        gw = gw.id,
+        state = state.display(),
+        key = key_file.display(),
+        trusted = trusted.join("\n"),
+        tty = tty.display(),
+        locks = locks.join(", "),
+    );
+    let conf_file = dir.join(format!("agent{n}.toml"));
+    std::fs::write(&conf_file, conf).unwrap();
+    let log = std::fs::File::create(dir.join(format!("agent{n}.log"))).unwrap();
+    let agent = Proc(
+        Command::new(bin("dmr-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&conf_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    (sim, agent)
+}
+
+/// The 1-minute load average: the machine is shared, and the figures move with it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `DMR_FLOW_LINE_BAUD` (unset by default): simulate the wire time at that baud too, to
+/// compare against the default run without line time.
+fn line_baud_args() -> Vec<String> {
+    match std::env::var("DMR_FLOW_LINE_BAUD") {
+        Ok(b) if !b.is_empty() => vec!["--line-baud".into(), b],
+        _ => Vec::new(),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut v: Vec<f64>) -> (f64, f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (
+        pct(&v, 0.5),
+        pct(&v, 0.95),
+        pct(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// What one flow did, filled in by the generator task and the monitor.
+#[derive(Clone, Debug)]
+struct Flow {
+    lock: usize,
+    /// Scheduled start (wall-clock ms).
+    t0: f64,
+    /// Whether this flow counts (not warm-up).
+    measured: bool,
+    created_ms: f64,
+    paid_ms: f64,
+    /// When the generator registered it (the monitor's "gone" check must not race it).
+    registered: Instant,
+    unlocked_latency: Option<f64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    free: Mutex<VecDeque<usize>>,
+    flows: Mutex<HashMap<String, Flow>>,
+    done: Mutex<Vec<(String, Flow, String)>>,
+    errors: Mutex<HashMap<String, u64>>,
+    no_free_lock: AtomicU64,
+}
+
+impl Shared {
+    fn error(&self, what: String) {
+        *self.errors.lock().unwrap().entry(what).or_default() += 1;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_flow(
+    http: reqwest::Client,
+    base: String,
+    lock: usize,
+    qr: String,
+    plan: String,
+    t0: f64,
+    measured: bool,
+    shared: Arc<Shared>,
+) {
+    let c0 = wall_ms();
+    let r = http
+        .post(format!("{base}/api/v1/public/orders"))
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .header("X-Device-Session", Uuid::new_v4().to_string())
+        .json(&json!({ "qr_code": qr, "plan_id": plan, "provider": "sandbox" }))
+        .send()
+        .await;
+    let created: Value = match r {
+        Ok(r) if r.status() == reqwest::StatusCode::CREATED => r.json().await.unwrap(),
+        Ok(r) => {
+            shared.error(format!("create {}", r.status()));
+            shared.free.lock().unwrap().push_back(lock);
+            return;
+        }
+        Err(e) => {
+            shared.error(format!("create: {e}"));
+            shared.free.lock().unwrap().push_back(lock);
+            return;
+        }
+    };
+    let c1 = wall_ms();
+    let order = created["order"]["id"].as_str().unwrap().to_string();
+    let redirect = created["payment"]["redirect_url"].as_str().unwrap();
+    let pay_path = &redirect[redirect.find("/pay/sandbox/").unwrap()..];
+    // Registered before paying: the monitor may see it unlocked before the pay call returns.
+    shared.flows.lock().unwrap().insert(
+        order.clone(),
+        Flow {
+            lock,
+            t0,
+            measured,
+            created_ms: c1 - c0,
+            paid_ms: f64::NAN,
+            registered: Instant::now(),
+            unlocked_latency: None,
+        },
+    );
+    match http.post(format!("{base}{pay_path}")).send().await {
+        Ok(r) if r.status().is_success() => {
+            let p = wall_ms() - c1;
+            if let Some(f) = shared.flows.lock().unwrap().get_mut(&order) {
+                f.paid_ms = p;
+            }
+        }
+        Ok(r) => shared.error(format!("pay {}", r.status())),
+        Err(e) => shared.error(format!("pay: {e}")),
+    }
+}
+
+/// Every 10 ms: the active orders; a registered order seen unlocked gets its latency, one
+/// no longer active is finished and its lock goes back to the pool.
+async fn monitor(db: dmr_cloud::db::Db, shared: Arc<Shared>, stop: Arc<AtomicU64>) {
+    while stop.load(Ordering::Relaxed) == 0 {
+        let q0 = Instant::now();
+        let rows: Vec<(String, String, Option<i64>)> = match sqlx::query_as(
+            "SELECT id, status, unlocked_at FROM orders \
+             WHERE status IN ('created', 'paid', 'unlocking', 'unlocked')",
+        )
+        .fetch_all(&db.pool)
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("monitor: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut active = HashSet::with_capacity(rows.len());
+        let gone: Vec<String> = {
+            let mut flows = shared.flows.lock().unwrap();
+            for (id, _status, unlocked_at) in rows {
+                if let (Some(f), Some(at)) = (flows.get_mut(&id), unlocked_at)
+                    && f.unlocked_latency.is_none()
+                {
+                    f.unlocked_latency = Some(at as f64 - f.t0);
+                }
+                active.insert(id);
+            }
+            flows
+                .iter()
+                .filter(|(id, f)| f.registered < q0 && !active.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in gone {
+            let Some(row) = final_status(&db, &id).await else {
+                continue;
+            };
+            let Some(mut f) = shared.flows.lock().unwrap().remove(&id) else {
+                continue;
+            };
+            if f.unlocked_latency.is_none()
+                && let Some(at) = row.1
+            {
+                f.unlocked_latency = Some(at as f64 - f.t0);
+            }
+            shared.free.lock().unwrap().push_back(f.lock);
+            shared.done.lock().unwrap().push((id, f, row.0));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn final_status(db: &dmr_cloud::db::Db, id: &str) -> Option<(String, Option<i64>)> {
+    match sqlx::query_as("SELECT status, unlocked_at FROM orders WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_one(&db.pool)
+        .await
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("monitor: {e}");
+            None
+        }
+    }
+}
+
+struct RunResult {
+    offered: f64,
+    achieved: f64,
+    lat: (f64, f64, f64, f64),
+    create: (f64, f64, f64, f64),
+    pay: (f64, f64, f64, f64),
+    unlocked: usize,
+    started: usize,
+    failed: usize,
+    no_lock: u64,
+    errors: HashMap<String, u64>,
+    stages: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_rate(
+    db: &dmr_cloud::db::Db,
+    http: &reqwest::Client,
+    base: &str,
+    locks: &Arc<Vec<(String, String)>>,
+    shared: &Arc<Shared>,
+    rate: f64,
+    warmup: Duration,
+    secs: Duration,
+) -> RunResult {
+    shared.done.lock().unwrap().clear();
+    // Flows still open from the previous rate belong to it, not to this one.
+    shared.flows.lock().unwrap().clear();
+    shared.errors.lock().unwrap().clear();
+    shared.no_free_lock.store(0, Ordering::Relaxed);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let wall0 = wall_ms();
+    let total = warmup + secs;
+    let mut k: u64 = 0;
+    let mut started = 0usize;
+    let measure_from = wall0 + warmup.as_secs_f64() * 1000.0;
+    loop {
+        let due = interval.mul_f64(k as f64);
+        if due >= total {
+            break;
+        }
+        let now = start.elapsed();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        k += 1;
+        let t0 = wall0 + due.as_secs_f64() * 1000.0;
+        let measured = t0 >= measure_from;
+        let Some(lock) = shared.free.lock().unwrap().pop_front() else {
+            if measured {
+                shared.no_free_lock.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        };
+        if measured {
+            started += 1;
+        }
+        let (qr, plan) = locks[lock].clone();
+        tokio::spawn(one_flow(
+            http.clone(),
+            base.to_string(),
+            lock,
+            qr,
+            plan,
+            t0,
+            measured,
+            shared.clone(),
+        ));
+    }
+    // Drain: every flow either finished or 10 s passed.
+    let drain = Instant::now();
+    while !shared.flows.lock().unwrap().is_empty() && drain.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pending: Vec<(String, Flow)> = shared
+        .flows
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let done = shared.done.lock().unwrap().clone();
+    let mut lat = Vec::new();
+    let mut create = Vec::new();
+    let mut pay = Vec::new();
+    let mut failed = 0;
+    let mut ids = Vec::new();
+    let window_end = measure_from + secs.as_secs_f64() * 1000.0;
+    let mut unlocked_in_window = 0usize;
+    for (id, f, status) in done.iter().map(|(i, f, s)| (i, f, s.as_str())).chain(
+        pending
+            .iter()
+            .map(|(i, f)| (i, f, "still active after the drain")),
+    ) {
+        if !f.measured {
+            continue;
+        }
+        create.push(f.created_ms);
+        if f.paid_ms.is_finite() {
+            pay.push(f.paid_ms);
+        }
+        match f.unlocked_latency {
+            Some(l) => {
+                lat.push(l);
+                ids.push(id.clone());
+                if f.t0 + l <= window_end + 1000.0 {
+                    unlocked_in_window += 1;
+                }
+            }
+            None => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("  flow {id} did not unlock: {status}");
+                }
+            }
+        }
+    }
+    let stages = stages(db, &ids).await;
+    RunResult {
+        offered: rate,
+        achieved: unlocked_in_window as f64 / secs.as_secs_f64(),
+        unlocked: lat.len(),
+        lat: summary(lat),
+        create: summary(create),
+        pay: summary(pay),
+        started,
+        failed,
+        no_lock: shared.no_free_lock.load(Ordering::Relaxed),
+        errors: shared.errors.lock().unwrap().clone(),
+        stages,
+    }
+}
+
+/// Where a flow's time went, from the database's own timestamps (ms): created → paid (the
+/// generator's pay call and the notification), paid → unlocking (token signed, transition
+/// committed), unlocking → unlocked (cmd published, broker, agent, bus, ack, ingest), and the
+/// agent's own figure for the unlock it acked.
+async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut c = Vec::new();
+    let mut agent = Vec::new();
+    for chunk in ids.chunks(200) {
+        for id in chunk {
+            let row: (i64, Option<i64>, Option<i64>, Option<i64>, Option<String>) = sqlx::query_as(
+                "SELECT created_at, paid_at, unlocking_at, unlocked_at, unlock_command_id FROM orders WHERE id = $1",
+            )
+            .bind(id.clone())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if let (Some(p), Some(u), Some(d)) = (row.1, row.2, row.3) {
+                a.push((p - row.0) as f64);
+                b.push((u - p) as f64);
+                c.push((d - u) as f64);
+            }
+            if let Some(cmd) = row.4 {
+                let l: Option<i64> = sqlx::query_scalar(
+                    "SELECT latency_ms FROM gateway_command_acks WHERE command_id = $1 LIMIT 1",
+                )
+                .bind(cmd)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+                if let Some(l) = l {
+                    agent.push(l as f64);
+                }
+            }
+        }
+    }
+    let f = |name: &str, v: Vec<f64>| {
+        let n = v.len();
+        let (p50, p95, p99, max) = summary(v);
+        format!(
+            "    {name:<44} n={n:>5}  p50 {p50:>6.1}  p95 {p95:>6.1}  p99 {p99:>6.1}  max {max:>6.1} ms\n"
+        )
+    };
+    let mut s = String::new();
+    s += &f("created -> paid (DB clock)", a);
+    s += &f("paid -> unlocking (sign, commit)", b);
+    s += &f("unlocking -> unlocked (cmd, agent, bus, ingest)", c);
+    s += &f("agent's own ack latency (verify, bus, ack)", agent);
+    s
+}
+
+async fn run_backend(name: &str, url: &str) {
+    let gws = env_usize("DMR_FLOW_GATEWAYS", 8);
+    let per_gw = env_usize("DMR_FLOW_LOCKS", 48);
+    let secs = Duration::from_secs(env_usize("DMR_FLOW_SECS", 10) as u64);
+    let warmup = Duration::from_secs(env_usize("DMR_FLOW_WARMUP_SECS", 3) as u64);
+    let runs = env_usize("DMR_FLOW_RUNS", 3);
+    let poll_ms = env_usize("DMR_FLOW_POLL_MS", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt_port, _broker) = mosquitto(dir.path());
+    let http_port = free_port();
+    let env = vec![
+        ("DMR_DATABASE_URL".to_string(), url.to_string()),
+        ("DMR_MASTER_KEY".to_string(), MASTER_KEY.to_string()),
+        (
+            "DMR_MQTT_URL".to_string(),
+            format!("mqtt://127.0.0.1:{mqtt_port}"),
+        ),
+        (
+            "DMR_MQTT_CLIENT_ID".to_string(),
+            format!("bench-cloud-{}", Uuid::new_v4().simple()),
+        ),
+        (
+            "DMR_DATABASE_MAX_CONNECTIONS".to_string(),
+            env_usize("DMR_FLOW_DB_CONNECTIONS", 8).to_string(),
+        ),
+        ("DMR_LOG_FILTER".to_string(), "error".to_string()),
+        // One client address plays every payer here: no per-client limit.
+        (
+            "DMR_RATE_LIMIT_PER_MINUTE".to_string(),
+            "1000000".to_string(),
+        ),
+        (
+            "DMR_SERVER_LISTEN".to_string(),
+            format!("127.0.0.1:{http_port}"),
+        ),
+        (
+            "DMR_SERVER_PUBLIC_BASE_URL".to_string(),
+            format!("http://127.0.0.1:{http_port}"),
+        ),
+    ];
+    let config = Config::load_from(None, env).unwrap();
+    let app = dmr_cloud::build_app(config).await.unwrap();
+    let state = app.state.clone();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
+        .await
+        .unwrap();
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dmr_cloud::serve(app, listener, async {
+        let _ = stopped.await;
+    }));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (bridge, liveness) = dmr_cloud::app::spawn_link(&state, "bench", &rx);
+    let seeded = seed(&state.db, gws, per_gw).await;
+    let trusted: Vec<(u32, String)> = state
+        .keys
+        .trusted_verifying_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, k)| (id, public_b64u(&k)))
+        .collect();
+    let mut procs = Vec::new();
+    for (n, gw) in seeded.iter().enumerate() {
+        procs.push(start_gateway(
+            dir.path(),
+            n,
+            gw,
+            &trusted,
+            mqtt_port,
+            poll_ms,
+        ));
+    }
+    let total_locks = gws * per_gw;
+    println!(
+        "\n== {name}: {gws} gateways x {per_gw} locks ({total_locks} locks), agent poll {poll_ms} ms, \
+         warm-up {}s + {}s measured per rate, {runs} round(s)",
+        warmup.as_secs(),
+        secs.as_secs()
+    );
+    // Every lock online means every agent is connected (and subscribed to its commands).
+    let t = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM locks WHERE status = 'online'")
+            .fetch_one(&state.db.pool)
+            .await
+            .unwrap();
+        if n as usize == total_locks {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "only {n} of {total_locks} locks online after 60 s; see the agent logs in {}",
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("all locks online after {:.1} s", t.elapsed().as_secs_f64());
+    let locks: Arc<Vec<(String, String)>> = Arc::new(
+        seeded
+            .iter()
+            .flat_map(|g| g.locks.iter().map(|(_, l)| (l.qr.clone(), l.plan.clone())))
+            .collect(),
+    );
+    let shared = Arc::new(Shared::default());
+    shared.free.lock().unwrap().extend(0..locks.len());
+    let stop_mon = Arc::new(AtomicU64::new(0));
+    // The monitor reads through a pool of its own, so it never takes the cloud's connections.
+    let mon_db = dmr_cloud::db::Db::connect(url, 2).await.unwrap();
+    let mon = tokio::spawn(monitor(mon_db, shared.clone(), stop_mon.clone()));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let mut table: Vec<RunResult> = Vec::new();
+    for round in 0..runs {
+        for &rate in &rates() {
+            let r = run_rate(&state.db, &http, &base, &locks, &shared, rate, warmup, secs).await;
+            println!(
+                "round {round} (load average {}) offered {:>5.0}/s: achieved {:>6.1}/s, unlocked {}/{} (failed {}, no free lock {}), \
+                 latency p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms; create p99 {:.1} ms, pay p99 {:.1} ms; errors {:?}",
+                loadavg(),
+                r.offered,
+                r.achieved,
+                r.unlocked,
+                r.started,
+                r.failed,
+                r.no_lock,
+                r.lat.0,
+                r.lat.1,
+                r.lat.2,
+                r.lat.3,
+                r.create.2,
+                r.pay.2,
+                r.errors
+            );
+            print!("{}", r.stages);
+            table.push(r);
+        }
+    }
+    println!("\n{name}: medians over {runs} round(s)");
+    println!(
+        "| offered/s | achieved/s | p50 ms | p95 ms | p99 ms | create p99 ms | pay p99 ms | not unlocked | no free lock |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &rate in &rates() {
+        let rs: Vec<&RunResult> = table.iter().filter(|r| r.offered == rate).collect();
+        let med = |f: &dyn Fn(&RunResult) -> f64| {
+            let mut v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        println!(
+            "| {rate:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            med(&|r| r.achieved),
+            med(&|r| r.lat.0),
+            med(&|r| r.lat.1),
+            med(&|r| r.lat.2),
+            med(&|r| r.create.2),
+            med(&|r| r.pay.2),
+            med(&|r| r.failed as f64),
+            med(&|r| r.no_lock as f64),
+        );
+    }
+    stop_mon.store(1, Ordering::Relaxed);
+    let _ = mon.await;
+    drop(procs);
+    let _ = stop.send(true);
+    for t in [bridge, liveness].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+    }
+    let _ = stop_http.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let only_pg = std::env::var("DMR_FLOW_ONLY_PG").is_ok_and(|v| v == "1");
+        if !only_pg {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            run_backend("SQLite", &url).await;
+        }
+        if let Ok(pg) = std::env::var("DMR_TEST_DATABASE_URL")
+            && !pg.is_empty()
+        {
+            run_backend("PostgreSQL", &pg).await;
+        }
+    });
+}
