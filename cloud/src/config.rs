@@ -1485,4 +1485,54 @@ mod tests {
         assert!(err.contains("DMR_WECHATPAY_API_V3_KEY"), "{err}");
         assert!(!err.contains(&v3), "{err}");
     }
+    #[test]
+    fn wechat_oauth_needs_the_app_secret_from_the_environment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vars, _) = wechatpay_files(dir.path());
+        let c = Config::load_from(None, vars.clone()).unwrap();
+        assert!(c.wechat_oauth.is_none(), "no app secret: Native only");
+
+        let secret = "0123456789abcdef0123456789ABCDEF";
+        let mut with = vars.clone();
+        with.push(("DMR_WECHATPAY_APP_SECRET".into(), secret.into()));
+        let c = Config::load_from(None, with.clone()).unwrap();
+        let o = c.wechat_oauth.as_ref().unwrap();
+        assert_eq!(o.appid, c.wechatpay.as_ref().unwrap().appid);
+        assert_eq!(o.base_url, "https://api.weixin.qq.com");
+        assert_eq!(
+            o.redirect_uri,
+            "https://pay.example.com/api/v1/public/wechat/oauth/callback"
+        );
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the secret never prints"
+        );
+
+        // A bad secret or base URL is reported without the value.
+        let mut bad = vars.clone();
+        bad.push(("DMR_WECHATPAY_APP_SECRET".into(), "not a secret!".into()));
+        bad.push(("DMR_WECHATPAY_OAUTH_BASE_URL".into(), "ftp://x".into()));
+        let err = Config::load_from(None, bad).unwrap_err().to_string();
+        assert!(
+            err.contains("wechatpay.app_secret") && err.contains("oauth_base_url"),
+            "{err}"
+        );
+        assert!(!err.contains("not a secret!"), "{err}");
+
+        // Environment only, and only with the rest of the section.
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[wechatpay]\napp_secret = \"{secret}\"\n")).unwrap();
+        let err = Config::load_from(Some(&file), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DMR_WECHATPAY_APP_SECRET"), "{err}");
+        assert!(!err.contains(secret), "{err}");
+        let err = Config::load_from(None, env(&[("DMR_WECHATPAY_APP_SECRET", secret)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wechatpay.app_secret") && err.contains("mchid"),
+            "{err}"
+        );
+    }
 }
