@@ -306,6 +306,24 @@ pub fn routes(state: AppState) -> (Router<AppState>, Vec<RouteSpec>) {
             Public,
             orders::public::my_orders,
         )
+        .add(
+            post.clone(),
+            "/api/v1/public/wechat/oauth",
+            Public,
+            orders::wechat_oauth::start,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/wechat/oauth/callback",
+            Public,
+            orders::wechat_oauth::callback,
+        )
+        .add(
+            get.clone(),
+            "/api/v1/public/wechat/identity",
+            Public,
+            orders::wechat_oauth::identity,
+        )
         // Payment providers: authenticated by their signatures, not rate limited per
         // client (a provider's retries come from few addresses).
         .add(

@@ -206,6 +206,25 @@ pub struct Config {
     /// default provider either way). Validated into usable keys here, so a bad key file
     /// stops `serve` with exit 78 before anything listens.
     pub wechatpay: Option<dmr_wechatpay::WechatPayConfig>,
+    /// WeChat OAuth (snsapi_base) for the phone page, so JSAPI knows the payer's openid:
+    /// present when WeChat Pay is configured and `wechatpay.app_secret` is set.
+    pub wechat_oauth: Option<WechatOAuthConfig>,
+}
+
+/// The phone page's WeChat OAuth step (`wechatpay.app_secret`, `wechatpay.oauth_base_url`):
+/// the official account's appid (the same `wechatpay.appid` payments use, since JSAPI needs
+/// an openid of that app) and its AppSecret, which only the cloud ever sees.
+#[derive(Clone, Debug)]
+pub struct WechatOAuthConfig {
+    pub appid: String,
+    pub app_secret: Secret<String>,
+    /// Where `/sns/oauth2/access_token` lives (`https://api.weixin.qq.com`; tests point it
+    /// at a fake on loopback).
+    pub base_url: String,
+    /// WeChat sends the payer back here: `{public_base_url}/api/v1/public/wechat/oauth/callback`.
+    pub redirect_uri: String,
+    /// Bound on the code exchange, so a slow WeChat gives the payer an error, not a hang.
+    pub timeout: std::time::Duration,
 }
 
 /// Firmware releases (`[firmware]`): which vendor keys an uploaded image must be signed
@@ -365,10 +384,12 @@ pub const KEYS: &[&str] = &[
     "wechatpay.retry_attempts",
     "wechatpay.breaker_failures",
     "wechatpay.breaker_cool_down_secs",
+    "wechatpay.app_secret",
+    "wechatpay.oauth_base_url",
 ];
 
 /// Keys that hold secrets and are therefore read only from the environment, never a file.
-const ENV_ONLY_KEYS: &[&str] = &["wechatpay.api_v3_key"];
+const ENV_ONLY_KEYS: &[&str] = &["wechatpay.api_v3_key", "wechatpay.app_secret"];
 
 /// The environment variable that holds the master key (`keys.master_key`, environment only).
 pub const MASTER_KEY_ENV: &str = "DMR_MASTER_KEY";
@@ -556,8 +577,14 @@ impl Config {
                 ),
             },
             wechatpay: None,
+            wechat_oauth: None,
         };
         config.wechatpay = wechatpay_section(&mut r, &config.server.public_base_url);
+        config.wechat_oauth = wechat_oauth_section(
+            &mut r,
+            config.wechatpay.as_ref(),
+            &config.server.public_base_url,
+        );
         if let Some(text) = r.optional_string("firmware.vendor_keys") {
             match parse_vendor_keys(&text) {
                 Ok(keys) => config.firmware.vendor_keys = keys,
@@ -894,6 +921,54 @@ fn wechatpay_section(
             None
         }
     }
+}
+
+/// The OAuth half of `[wechatpay]`: nothing without `wechatpay.app_secret` (the page then
+/// pays by Native QR code only). The secret is checked for shape only and never echoed.
+fn wechat_oauth_section(
+    r: &mut Reader<'_>,
+    wechatpay: Option<&dmr_wechatpay::WechatPayConfig>,
+    public_base_url: &str,
+) -> Option<WechatOAuthConfig> {
+    let secret = r.optional_string("wechatpay.app_secret");
+    let base_url = r.string("wechatpay.oauth_base_url", "https://api.weixin.qq.com");
+    // Without mchid, wechatpay_section has already reported every wechatpay.* key.
+    let wx = wechatpay?;
+    let secret = secret?;
+    let mut ok = true;
+    // WeChat AppSecrets are 32 hex characters; allow some room but refuse anything that
+    // cannot be one (a path, a quoted value, whitespace) without repeating it.
+    if !(16..=64).contains(&secret.len()) || !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
+        r.issues.push(ConfigIssue {
+            path: "wechatpay.app_secret".into(),
+            message: format!(
+                "must be the official account's AppSecret (32 letters and digits), set in {}",
+                env_name("wechatpay.app_secret")
+            ),
+        });
+        ok = false;
+    }
+    let base_url = base_url.trim_end_matches('/').to_string();
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        r.issues.push(ConfigIssue {
+            path: "wechatpay.oauth_base_url".into(),
+            message: format!("{base_url:?} is not an http(s) URL"),
+        });
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(WechatOAuthConfig {
+        appid: wx.appid.clone(),
+        app_secret: Secret::new(secret),
+        base_url,
+        redirect_uri: format!(
+            "{}/api/v1/public/wechat/oauth/callback",
+            public_base_url.trim_end_matches('/')
+        ),
+        timeout: wx.request_timeout,
+    })
 }
 
 struct Reader<'a> {
@@ -1409,5 +1484,55 @@ mod tests {
             .to_string();
         assert!(err.contains("DMR_WECHATPAY_API_V3_KEY"), "{err}");
         assert!(!err.contains(&v3), "{err}");
+    }
+    #[test]
+    fn wechat_oauth_needs_the_app_secret_from_the_environment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vars, _) = wechatpay_files(dir.path());
+        let c = Config::load_from(None, vars.clone()).unwrap();
+        assert!(c.wechat_oauth.is_none(), "no app secret: Native only");
+
+        let secret = "0123456789abcdef0123456789ABCDEF";
+        let mut with = vars.clone();
+        with.push(("DMR_WECHATPAY_APP_SECRET".into(), secret.into()));
+        let c = Config::load_from(None, with.clone()).unwrap();
+        let o = c.wechat_oauth.as_ref().unwrap();
+        assert_eq!(o.appid, c.wechatpay.as_ref().unwrap().appid);
+        assert_eq!(o.base_url, "https://api.weixin.qq.com");
+        assert_eq!(
+            o.redirect_uri,
+            "https://pay.example.com/api/v1/public/wechat/oauth/callback"
+        );
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the secret never prints"
+        );
+
+        // A bad secret or base URL is reported without the value.
+        let mut bad = vars.clone();
+        bad.push(("DMR_WECHATPAY_APP_SECRET".into(), "not a secret!".into()));
+        bad.push(("DMR_WECHATPAY_OAUTH_BASE_URL".into(), "ftp://x".into()));
+        let err = Config::load_from(None, bad).unwrap_err().to_string();
+        assert!(
+            err.contains("wechatpay.app_secret") && err.contains("oauth_base_url"),
+            "{err}"
+        );
+        assert!(!err.contains("not a secret!"), "{err}");
+
+        // Environment only, and only with the rest of the section.
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[wechatpay]\napp_secret = \"{secret}\"\n")).unwrap();
+        let err = Config::load_from(Some(&file), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DMR_WECHATPAY_APP_SECRET"), "{err}");
+        assert!(!err.contains(secret), "{err}");
+        let err = Config::load_from(None, env(&[("DMR_WECHATPAY_APP_SECRET", secret)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wechatpay.app_secret") && err.contains("mchid"),
+            "{err}"
+        );
     }
 }

@@ -43,6 +43,9 @@ pub enum ApiError {
     /// A dependency (the MQTT broker) is down; retrying later can succeed.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// An upstream service (WeChat) answered, but with an error or nonsense.
+    #[error("{message}")]
+    BadGateway { code: &'static str, message: String },
     #[error("enrollment code invalid")]
     EnrollmentCodeInvalid,
     #[error("gateway authentication failed ({reason}): {message}")]
@@ -159,6 +162,9 @@ impl ApiError {
                 message.clone(),
                 Value::Null,
             ),
+            BadGateway { code, message } => {
+                (StatusCode::BAD_GATEWAY, code, message.clone(), Value::Null)
+            }
             EnrollmentCodeInvalid => (
                 StatusCode::FORBIDDEN,
                 "enrollment_code_invalid",

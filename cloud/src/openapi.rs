@@ -531,6 +531,39 @@ fn orders_paths(paths: &mut serde_json::Map<String, Value>) {
     );
     mine["parameters"] = json!([{ "name": "X-Device-Session", "in": "header", "required": true, "schema": { "type": "string" } }]);
     paths.insert("/api/v1/public/my/orders".into(), json!({ "get": mine }));
+    let session = json!([{ "name": "X-Device-Session", "in": "header", "required": true, "schema": { "type": "string" } }]);
+    let mut wx_start = op(
+        "Start WeChat sign-in (OAuth snsapi_base) for this X-Device-Session: the authorize URL to send the browser to (see docs/orders.md)",
+        None,
+        ok("WechatOAuthStarted", "200"),
+        Some("WechatOAuthStart"),
+    );
+    wx_start["parameters"] = session.clone();
+    wx_start["responses"]["400"] =
+        error_response("wechat_oauth_not_configured: no wechatpay.app_secret on this server");
+    paths.insert(
+        "/api/v1/public/wechat/oauth".into(),
+        json!({ "post": wx_start }),
+    );
+    paths.insert("/api/v1/public/wechat/oauth/callback".into(), json!({
+        "get": { "summary": "WeChat sends the browser here: the state is consumed, the code exchanged for the openid, which is bound to the device session; 302 to /h5/l/{qr_code}?wechat=1",
+            "parameters": [
+                { "name": "code", "in": "query", "schema": { "type": "string" } },
+                { "name": "state", "in": "query", "schema": { "type": "string" } }],
+            "responses": { "302": { "description": "bound; back to the lock page" },
+                "400": error_response("wechat_oauth_state_invalid (unknown, expired or used state), wechat_oauth_code_invalid, wechat_oauth_denied"),
+                "502": error_response("wechat_oauth_failed: WeChat answered an error"),
+                "503": error_response("wechat_oauth_unavailable: WeChat did not answer in time") } } }));
+    let mut wx_id = public(
+        "Whether WeChat sign-in is available and this X-Device-Session has an openid bound",
+        "WechatIdentity",
+        "200",
+    );
+    wx_id["parameters"] = session;
+    paths.insert(
+        "/api/v1/public/wechat/identity".into(),
+        json!({ "get": wx_id }),
+    );
     paths.insert("/api/v1/payments/notify/{provider}".into(), json!({
         "parameters": [{ "name": "provider", "in": "path", "required": true, "schema": { "enum": ["sandbox", "wechatpay"] } }],
         "post": { "summary": "Payment provider notification: verified on the raw body, applied once, answered 204 only after it is durably applied",
@@ -701,7 +734,13 @@ fn orders_schemas() -> Value {
             "venue": { "type": "object", "properties": { "name": s("string"), "address": s("string") } },
             "status": s("string"), "available": s("boolean"),
             "price_plans": { "type": "array", "items": { "$ref": "#/components/schemas/PricePlan" } },
-            "providers": { "type": "array", "items": s("string") } } },
+            "providers": { "type": "array", "items": s("string") },
+            "wechat_oauth": s("boolean") } },
+        "WechatOAuthStart": obj(json!({ "qr_code": s("string") }), &["qr_code"]),
+        "WechatOAuthStarted": { "type": "object", "properties": {
+            "authorize_url": s("string"), "expires_at": s("integer") } },
+        "WechatIdentity": { "type": "object", "properties": {
+            "oauth": s("boolean"), "bound": s("boolean") } },
         "CreatePublicOrder": obj(json!({ "qr_code": s("string"), "plan_id": s("string"),
             "provider": { "enum": ["sandbox", "wechat"] }, "openid": s("string") }), &["qr_code", "plan_id"]),
         "PublicOrder": public_order,

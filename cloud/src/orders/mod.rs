@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod money;
 pub mod public;
 pub mod refunds;
+pub mod wechat_oauth;
 
 use std::sync::{Arc, RwLock};
 

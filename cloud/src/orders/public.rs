@@ -52,6 +52,8 @@ pub struct PublicLock {
     pub price_plans: Vec<PublicPlan>,
     /// Payment providers this server offers (`sandbox`, `wechat`).
     pub providers: Vec<String>,
+    /// Whether the page can run WeChat sign-in (OAuth) to pay by JSAPI inside WeChat.
+    pub wechat_oauth: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -123,6 +125,7 @@ pub async fn lock(
             })
             .collect(),
         providers: offered(&state),
+        wechat_oauth: state.config.wechat_oauth.is_some(),
     }))
 }
 
@@ -202,7 +205,10 @@ struct CreateOrder {
 
 /// A header value the client chooses (idempotency key, device session): 8..=128 visible
 /// ASCII characters without spaces.
-fn client_token(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ApiError> {
+pub(crate) fn client_token(
+    headers: &HeaderMap,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(name) else {
         return Ok(None);
     };
@@ -354,6 +360,12 @@ pub async fn create(
     // should send both (see h5/api.ts).
     let session = session.unwrap_or_else(|| format!("anon-{}", new_id()));
     let idem = idem.unwrap_or_else(new_id);
+    // Inside WeChat the page does not know the openid: the OAuth step bound it to this
+    // device session (orders::wechat_oauth), so JSAPI uses it. No binding: Native.
+    let mut input = input;
+    if provider_name == "wechatpay" && input.openid.is_none() {
+        input.openid = super::wechat_oauth::bound_openid(&state, &session).await?;
+    }
     if let Some(o) = existing(&state, &session, &idem).await? {
         return replay(&state, o, &lock.id, &plan.id, input.openid).await;
     }

@@ -16,4 +16,5 @@ mod orders;
 mod rbac;
 mod resources;
 mod web;
+mod wechat_oauth;
 mod wechatpay;

@@ -32,6 +32,8 @@ export interface PublicLock {
   price_plans: PublicPlan[]
   /** Payment providers this cloud offers ("sandbox", "wechat"). */
   providers?: string[]
+  /** Whether the cloud can run WeChat sign-in (OAuth) so JSAPI can be used inside WeChat. */
+  wechat_oauth?: boolean
 }
 
 export type PublicOrderStatus = OrderStatus
@@ -105,6 +107,22 @@ export const publicApi = {
     client.get<OfflineToken>(`${PUB}/orders/${seg(id)}/offline-token`, { key }, { auth: false }),
   /** Server-Sent Events: `event: order`, data: PublicOrder, each time it changes; ends after a final state. */
   eventsUrl: (id: string, key: string) => `${PUB}/orders/${seg(id)}/events?key=${encodeURIComponent(key)}`,
+  /**
+   * Starts WeChat sign-in (snsapi_base) for this device session: the page then goes to
+   * `authorize_url`, and WeChat comes back through the cloud to /h5/l/{qr_code}?wechat=1.
+   */
+  wechatOAuth: (qrCode: string) =>
+    client.post<{ authorize_url: string; expires_at: number }>(
+      `${PUB}/wechat/oauth`,
+      { qr_code: qrCode },
+      { auth: false, headers: { 'X-Device-Session': deviceSession() } },
+    ),
+  /** Whether this device session already has a WeChat openid (JSAPI possible). */
+  wechatIdentity: () =>
+    client.get<{ oauth: boolean; bound: boolean }>(`${PUB}/wechat/identity`, undefined, {
+      auth: false,
+      headers: { 'X-Device-Session': deviceSession() },
+    }),
   /** The latest 50 orders placed from this device. */
   myOrders: () =>
     client.get<{ items: MyOrder[] }>(`${PUB}/my/orders`, undefined, {

@@ -13,6 +13,8 @@ export interface RememberedOrder {
   created_at: number
   /** Where to pay (sandbox / H5 pay page) while the order is unpaid. */
   pay_url?: string
+  /** WeChat Native: the `weixin://` URL to show as a QR code while the order is unpaid. */
+  code_url?: string
   /** The lock was reported offline when the order was placed: offer the token at once. */
   lock_offline?: boolean
 }

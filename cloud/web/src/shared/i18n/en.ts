@@ -304,6 +304,8 @@ const en: typeof zhCN = {
     home: 'Back to the start',
   },
   h5: {
+    wechatNative: 'Pay with WeChat',
+    wechatNativeHint: 'Open WeChat, tap Scan and scan this QR code to pay (inside WeChat: press and hold it). This page updates once you have paid.',
     lockOfflineNote: 'This lock\'s gateway is offline: after paying, open it with the offline unlock code',
     orderNotOnThisPhone: 'Order not found (open it on the phone that placed it)',
     endsAt: 'Until',

@@ -303,6 +303,8 @@ export default {
     home: '返回首页',
   },
   h5: {
+    wechatNative: '微信支付',
+    wechatNativeHint: '请打开微信“扫一扫”扫描此二维码完成支付（在微信内可长按识别）。支付成功后本页会自动更新。',
     lockOfflineNote: '该智能锁的网关暂时离线：支付后可用离线开锁码开门',
     orderNotOnThisPhone: '找不到该订单（请在下单的手机上打开）',
     endsAt: '使用至',
