@@ -409,6 +409,11 @@ async fn run() {
             ("DMR_DATABASE_URL".to_string(), url.clone()),
             ("DMR_LOG_FILTER".to_string(), "warn".to_string()),
             ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "16".to_string()),
+            // A fixed bench key: the app refuses to start without a master key.
+            (
+                "DMR_MASTER_KEY".to_string(),
+                "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string(),
+            ),
         ],
     )
     .unwrap();
