@@ -26,6 +26,7 @@
 //! DMR_FLOW_RATES (flows/s, comma separated, "100,250,500"), DMR_FLOW_SECS (measured seconds
 //! per rate, 10), DMR_FLOW_WARMUP_SECS (3), DMR_FLOW_RUNS (rounds over the rates, 3),
 //! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8),
+//! DMR_FLOW_DOOR_OPEN_MS (how long the simulated door stays open, 1000),
 //! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
 //! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass).
 
@@ -185,6 +186,11 @@ async fn seed(db: &dmr_cloud::db::Db, gws: usize, per_gw: usize) -> Vec<Gateway>
     out
 }
 
+/// How long the simulated person keeps the door open (DMR_FLOW_DOOR_OPEN_MS).
+fn door_open_ms(poll_ms: usize) -> usize {
+    env_usize("DMR_FLOW_DOOR_OPEN_MS", (poll_ms * 2 + 50).max(1000))
+}
+
 /// Starts one simulator (its pty linked at `dir/ttyN`) and one agent for `gw`.
 fn start_gateway(
     dir: &Path,
@@ -202,9 +208,11 @@ fn start_gateway(
             .arg("--link")
             .arg(&tty)
             // The person opens the door soon after the latch releases and closes it again,
-            // long enough for the agent's poll to see both.
+            // long enough for the agent's poll to see both: the agent sees a door only
+            // when its poller reaches that lock, and one round over M locks on a busy bus
+            // takes longer than the poll interval, so the default leaves it a second.
             .args(["--door", "auto", "--door-open-after-ms", "30"])
-            .args(["--door-close-after-ms", &(poll_ms * 2 + 50).to_string()])
+            .args(["--door-close-after-ms", &door_open_ms(poll_ms).to_string()])
             .args(line_baud_args())
             .stdout(sim_out)
             .stderr(Stdio::null())
@@ -461,6 +469,23 @@ async fn monitor(db: dmr_cloud::db::Db, shared: Arc<Shared>, stop: Arc<AtomicU64
             shared.done.lock().unwrap().push((id, f, row.0));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Orders left `unlocked` for more than 5 s, by the door evidence they got: none (the
+/// agent never saw the door move), opened only, or both (which should have completed).
+async fn stuck_report(db: &dmr_cloud::db::Db) {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT COALESCE((SELECT MIN(e.result) || '/' || MAX(e.result) FROM order_unlock_events e \
+         WHERE e.order_id = o.id AND e.source = 'door'), 'no door event'), COUNT(*) \
+         FROM orders o WHERE o.status = 'unlocked' AND o.unlocked_at < $1 GROUP BY 1",
+    )
+    .bind(now_ms() - 5_000)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_default();
+    if !rows.is_empty() {
+        println!("    orders unlocked > 5 s ago and not completed, by door events: {rows:?}");
     }
 }
 
@@ -738,8 +763,9 @@ async fn run_backend(name: &str, url: &str) {
     }
     let total_locks = gws * per_gw;
     println!(
-        "\n== {name}: {gws} gateways x {per_gw} locks ({total_locks} locks), agent poll {poll_ms} ms, \
+        "\n== {name}: {gws} gateways x {per_gw} locks ({total_locks} locks), agent poll {poll_ms} ms, door open {} ms, \
          warm-up {}s + {}s measured per rate, {runs} round(s)",
+        door_open_ms(poll_ms),
         warmup.as_secs(),
         secs.as_secs()
     );
@@ -803,6 +829,7 @@ async fn run_backend(name: &str, url: &str) {
             );
             print!("{}", r.stages);
             table.push(r);
+            stuck_report(&state.db).await;
         }
     }
     println!("\n{name}: medians over {runs} round(s)");

@@ -126,44 +126,54 @@ pub async fn on_gateway_event(
                 return Ok(());
             };
             let actor = Actor::Gateway(gateway_id.to_string());
-            match d.door {
-                DoorChange::Opened => {
-                    sqlx::query(
-                        "UPDATE orders SET door_opened_at = $1 WHERE id = $2 AND door_opened_at IS NULL",
-                    )
-                    .bind(at)
-                    .bind(order.id.clone())
-                    .execute(&mut *conn)
-                    .await?;
-                    if order.status() != Status::Unlocked {
-                        opened(conn, &order, &actor, "the door opened", at).await?;
-                    }
+            if d.door == DoorChange::Opened {
+                sqlx::query(
+                    "UPDATE orders SET door_opened_at = $1 WHERE id = $2 AND door_opened_at IS NULL",
+                )
+                .bind(at)
+                .bind(order.id.clone())
+                .execute(&mut *conn)
+                .await?;
+                if order.status() != Status::Unlocked {
+                    opened(conn, &order, &actor, "the door opened", at).await?;
                 }
-                DoorChange::Closed => {
-                    let opened_at: Option<i64> =
-                        sqlx::query_scalar("SELECT door_opened_at FROM orders WHERE id = $1")
-                            .bind(order.id.clone())
-                            .fetch_one(&mut *conn)
-                            .await?;
-                    if order.status() == Status::Unlocked && opened_at.is_some() {
-                        transition(
-                            conn,
-                            &order.id,
-                            Status::Unlocked,
-                            Status::Completed,
-                            &actor,
-                            "the door opened and closed again",
-                            now_ms(),
-                            Also::default(),
-                        )
-                        .await?;
-                    }
-                }
+            }
+            // Either event may be the one that completes the order: the ingest applies
+            // batches on several workers at once, so a `closed` can be applied before the
+            // `opened` that preceded it at the door. What counts is the recorded evidence
+            // (a close at or after an open, by the gateway's clock), not arrival order.
+            if door_cycled(conn, &order.id).await? {
+                transition(
+                    conn,
+                    &order.id,
+                    Status::Unlocked,
+                    Status::Completed,
+                    &actor,
+                    "the door opened and closed again",
+                    now_ms(),
+                    Also::default(),
+                )
+                .await?;
             }
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// Whether the order's recorded door events show the door opened and then closed again.
+/// A close at the same millisecond as an open counts (the agent reports the two edges at
+/// least one poll apart, so a tie only comes from coarse clocks and is taken as a cycle).
+async fn door_cycled(conn: &mut AnyConnection, order_id: &str) -> Result<bool, ApiError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM order_unlock_events c JOIN order_unlock_events o \
+         ON o.order_id = c.order_id AND o.source = 'door' AND o.result = 'opened' \
+         WHERE c.order_id = $1 AND c.source = 'door' AND c.result = 'closed' AND c.at >= o.at",
+    )
+    .bind(order_id.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
 }
 
 async fn on_unlock(

@@ -7,6 +7,7 @@ use crate::on_every_backend;
 
 on_every_backend!(
     order_flow_from_scan_to_closed_door,
+    door_events_applied_out_of_order_still_complete,
     notifications_apply_once_and_forgeries_change_nothing,
     two_orders_for_one_lock_one_wins,
     expiry_and_payment_after_expiry_refunds,
@@ -500,6 +501,64 @@ mod scenarios {
                 .unwrap();
             assert!(n >= 1, "{line}{n}");
         }
+        app.stop().await;
+    }
+
+    /// The ingest applies batches on several workers at once, so a gateway's `closed` can
+    /// be applied before the `opened` that came first at the door (the online-flow bench
+    /// saw orders stay `unlocked` for good that way). The gateway's times decide, not the
+    /// order of arrival; a close older than the open still does not complete the order.
+    pub async fn door_events_applied_out_of_order_still_complete(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let door = |change, at: i64| {
+            dmr_protocol::message::Event::Door(dmr_protocol::message::DoorEvent {
+                lock_id: Uuid::parse_str(&w.a.lock_id).unwrap(),
+                door: change,
+                at: u64::try_from(at).unwrap(),
+            })
+        };
+        let t = dmr_cloud::db::now_ms();
+
+        // Unlocked by the unlock event, then the close arrives before the open.
+        let (id, _, payment) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 400)).await;
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 100)).await;
+        assert_eq!(
+            order_status(&app, &id).await,
+            "completed",
+            "opened at +100 and closed at +400 is a full cycle, whatever order they came in"
+        );
+
+        // The next order on the lock: open and close both arrive while it is still
+        // `unlocking` (the ack not applied yet), close first; the open completes it.
+        let (id2, _, payment2) = new_order(&app, &w.a).await;
+        assert_ne!(id2, id);
+        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &id2).await, "unlocking");
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 2_400)).await;
+        assert_eq!(order_status(&app, &id2).await, "unlocking");
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 2_100)).await;
+        assert_eq!(order_status(&app, &id2).await, "completed");
+
+        // A third: a close older than the open (a stray from before) is not a cycle.
+        let (id3, _, payment3) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &payment3, "").await, StatusCode::OK);
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_000)).await;
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 4_100)).await;
+        assert_eq!(order_status(&app, &id3).await, "unlocked");
+        gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_300)).await;
+        assert_eq!(order_status(&app, &id3).await, "completed");
         app.stop().await;
     }
 
