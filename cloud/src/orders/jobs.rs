@@ -28,11 +28,18 @@ const QUERY_AFTER_MS: i64 = 30_000;
 /// ...and again at most this often.
 const QUERY_EVERY_MS: i64 = 60_000;
 
+/// An `unlocked` order whose door cycle the gateway never saw is closed this long after its
+/// plan's time ran out. The agent polls doors, so an open-and-close between two polls (a busy
+/// bus, a quick customer) leaves no door events; without this the order would hold its lock
+/// (one active order per lock) for good and the lock could never be sold again.
+pub const DOOR_GRACE_MS: i64 = 5 * 60_000;
+
 /// What one round did (for logs and tests).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Round {
     pub expired: usize,
     pub unlock_timeouts: usize,
+    pub door_timeouts: usize,
     pub redispatched: usize,
     pub refunds_sent: usize,
     pub payments_found: usize,
@@ -121,6 +128,37 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
             round.unlock_timeouts += 1;
         }
         tx.commit().await?;
+    }
+
+    // Opened, but no door cycle seen by the end of the paid time (+ grace): complete it, saying
+    // why in the transition, so the lock is free again. The customer had the door opened, so
+    // this is not a refund case; the missing door events stay visible in the history.
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = 'unlocked' \
+         AND unlocked_at + duration_minutes * 60000 < $1 LIMIT $2",
+    )
+    .bind(now - DOOR_GRACE_MS)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    for id in ids {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let won = transition(
+            &mut tx,
+            &id,
+            Status::Unlocked,
+            Status::Completed,
+            &Actor::System,
+            "the plan's time ran out and the gateway saw no door cycle",
+            now,
+            Also::default(),
+        )
+        .await?;
+        tx.commit().await?;
+        if won {
+            round.door_timeouts += 1;
+        }
     }
 
     // Paid but never dispatched.

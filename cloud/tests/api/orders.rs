@@ -8,6 +8,7 @@ use crate::on_every_backend;
 on_every_backend!(
     order_flow_from_scan_to_closed_door,
     door_events_applied_out_of_order_still_complete,
+    unlocked_without_a_door_cycle_completes_after_the_paid_time,
     notifications_apply_once_and_forgeries_change_nothing,
     two_orders_for_one_lock_one_wins,
     expiry_and_payment_after_expiry_refunds,
@@ -559,6 +560,56 @@ mod scenarios {
         assert_eq!(order_status(&app, &id3).await, "unlocked");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_300)).await;
         assert_eq!(order_status(&app, &id3).await, "completed");
+        app.stop().await;
+    }
+
+    /// The agent polls doors, so a quick open-and-close can leave no door events at all. The
+    /// order must not hold its lock for good: once the plan's time and the grace have run
+    /// out, the order job completes it (and not a moment before), and the lock sells again.
+    pub async fn unlocked_without_a_door_cycle_completes_after_the_paid_time(kind: &DbKind) {
+        use dmr_cloud::orders::jobs::{DOOR_GRACE_MS, run_once};
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (id, _, payment) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
+        gateway_event(
+            &app,
+            &w.a.gateway_id,
+            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
+        )
+        .await;
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+        let (unlocked_at, minutes): (i64, i64) =
+            sqlx::query_as("SELECT unlocked_at, duration_minutes FROM orders WHERE id = $1")
+                .bind(id.clone())
+                .fetch_one(&app.state.db.pool)
+                .await
+                .unwrap();
+        let ends = unlocked_at + minutes * 60_000 + DOOR_GRACE_MS;
+
+        let r = run_once(&app.state, ends - 1_000).await.unwrap();
+        assert_eq!(r.door_timeouts, 0, "still within the paid time and grace");
+        assert_eq!(order_status(&app, &id).await, "unlocked");
+
+        let r = run_once(&app.state, ends + 1_000).await.unwrap();
+        assert_eq!(r.door_timeouts, 1);
+        assert_eq!(order_status(&app, &id).await, "completed");
+        let why: String = sqlx::query_scalar(
+            "SELECT reason FROM order_transitions WHERE order_id = $1 AND to_status = 'completed'",
+        )
+        .bind(id.clone())
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap();
+        assert!(why.contains("no door cycle"), "{why}");
+        // Applied once: a second round finds nothing to do.
+        let r = run_once(&app.state, ends + 2_000).await.unwrap();
+        assert_eq!(r.door_timeouts, 0);
+
+        // The lock is free for the next customer.
+        let (id2, _, _) = new_order(&app, &w.a).await;
+        assert_ne!(id2, id);
         app.stop().await;
     }
 
