@@ -13,9 +13,8 @@
 //! the openid bound to the hashed device session. The browser is then redirected back to the
 //! lock page, and creating a WeChat order from that session uses the bound openid.
 //!
-//! Pending states and bindings live in the `app_secrets` name/value table under their own
-//! name prefixes (this change brings no migration); only hashes of the state and of the
-//! session are stored, never the values.
+//! Pending states live in `wechat_oauth_states` and bindings in `wechat_openids` (migration
+//! 0011); only hashes of the state and of the session are stored, never the values.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -37,8 +36,6 @@ use crate::http::extract::{ApiQuery, RawJson};
 pub const AUTHORIZE_URL: &str = "https://open.weixin.qq.com/connect/oauth2/authorize";
 /// How long an authorize URL may take to come back.
 pub const STATE_TTL_MS: i64 = 10 * 60_000;
-const STATE_PREFIX: &str = "wechat_oauth_state:";
-const OPENID_PREFIX: &str = "wechat_openid:";
 
 fn oauth(state: &AppState) -> Result<&WechatOAuthConfig, ApiError> {
     state
@@ -77,7 +74,7 @@ pub struct Started {
     pub expires_at: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct Pending {
     /// hash_key(device session)
     session: String,
@@ -132,10 +129,9 @@ pub async fn start(
         ));
     }
     let now = now_ms();
-    // Forget states nobody came back with (cheap: an index on the primary key prefix).
-    sqlx::query("DELETE FROM app_secrets WHERE name LIKE $1 AND created_at < $2")
-        .bind(format!("{STATE_PREFIX}%"))
-        .bind(now - STATE_TTL_MS)
+    // Forget states nobody came back with (an index range on expires_at).
+    sqlx::query("DELETE FROM wechat_oauth_states WHERE expires_at < $1")
+        .bind(now)
         .execute(&state.db.pool)
         .await?;
     let s = random_hex();
@@ -144,12 +140,17 @@ pub async fn start(
         qr: input.qr_code,
         expires_at: now + STATE_TTL_MS,
     };
-    sqlx::query("INSERT INTO app_secrets (name, value, created_at) VALUES ($1, $2, $3)")
-        .bind(format!("{STATE_PREFIX}{}", hash_key(&s)))
-        .bind(serde_json::to_string(&pending).map_err(ApiError::internal)?)
-        .bind(now)
-        .execute(&state.db.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO wechat_oauth_states (state_hash, session_hash, qr_code, expires_at, \
+         created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(hash_key(&s))
+    .bind(pending.session.clone())
+    .bind(pending.qr.clone())
+    .bind(pending.expires_at)
+    .bind(now)
+    .execute(&state.db.pool)
+    .await?;
     Ok(Json(Started {
         authorize_url: authorize_url(c, &s),
         expires_at: pending.expires_at,
@@ -174,24 +175,20 @@ fn bad_state() -> ApiError {
 
 /// Consumes a state: the first caller gets its record, everyone after gets nothing.
 async fn take_state(state: &AppState, s: &str) -> Result<Option<Pending>, ApiError> {
-    let name = format!("{STATE_PREFIX}{}", hash_key(s));
-    let value: Option<String> = sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = $1")
-        .bind(name.clone())
-        .fetch_optional(&state.db.pool)
-        .await?;
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    // Whoever deletes the row owns the state; a concurrent replay deletes nothing.
-    let deleted = sqlx::query("DELETE FROM app_secrets WHERE name = $1")
-        .bind(name)
-        .execute(&state.db.pool)
-        .await?
-        .rows_affected();
-    if deleted != 1 {
-        return Ok(None);
-    }
-    Ok(serde_json::from_str(&value).ok())
+    // Whoever deletes the row owns the state; a concurrent replay deletes nothing and so
+    // gets no row back.
+    let row: Option<(String, String, i64)> = sqlx::query_as(
+        "DELETE FROM wechat_oauth_states WHERE state_hash = $1 \
+         RETURNING session_hash, qr_code, expires_at",
+    )
+    .bind(hash_key(s))
+    .fetch_optional(&state.db.pool)
+    .await?;
+    Ok(row.map(|(session, qr, expires_at)| Pending {
+        session,
+        qr,
+        expires_at,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,10 +323,11 @@ pub async fn callback(
     let openid = exchange(c, &code).await?;
     let now = now_ms();
     sqlx::query(
-        "INSERT INTO app_secrets (name, value, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
+        "INSERT INTO wechat_openids (session_hash, openid, bound_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (session_hash) DO UPDATE SET openid = excluded.openid, \
+         bound_at = excluded.bound_at",
     )
-    .bind(format!("{OPENID_PREFIX}{}", pending.session))
+    .bind(pending.session)
     .bind(openid)
     .bind(now)
     .execute(&state.db.pool)
@@ -347,8 +345,8 @@ pub async fn callback(
 /// The openid bound to a device session by the OAuth step, if any.
 pub async fn bound_openid(state: &AppState, session: &str) -> Result<Option<String>, ApiError> {
     Ok(
-        sqlx::query_scalar("SELECT value FROM app_secrets WHERE name = $1")
-            .bind(format!("{OPENID_PREFIX}{}", hash_key(session)))
+        sqlx::query_scalar("SELECT openid FROM wechat_openids WHERE session_hash = $1")
+            .bind(hash_key(session))
             .fetch_optional(&state.db.pool)
             .await?,
     )
