@@ -60,13 +60,13 @@ pub mod support {
                 Ok(claims.sign(&self.key).unwrap())
             })
         }
-        fn send(&self, gw: Uuid, token: String, _ttl: Duration) -> DispatchFut<'_, Uuid> {
+        fn send(&self, _id: Uuid, gw: Uuid, token: String, _ttl: Duration) -> DispatchFut<'_, ()> {
             Box::pin(async move {
                 if self.fail_send {
                     return Err(ApiError::Conflict("gateway offline".into()));
                 }
                 self.sent.lock().unwrap().push((gw, token));
-                Ok(Uuid::new_v4())
+                Ok(())
             })
         }
     }
