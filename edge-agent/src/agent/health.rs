@@ -460,11 +460,7 @@ impl Health {
                         rounds: r.count,
                         last_ms: ms(r.last_us),
                         max_ms: ms(r.max_us),
-                        mean_ms: if r.count == 0 {
-                            0.0
-                        } else {
-                            ms(r.sum_us / r.count)
-                        },
+                        mean_ms: r.sum_us.checked_div(r.count).map_or(0.0, ms),
                     })
                     .collect()
             })

@@ -259,7 +259,7 @@ pub async fn run(deps: MonitorDeps, shutdown: CancellationToken) -> anyhow::Resu
         p.last_polled
             .retain(|id, _| locks.iter().any(|(l, _)| l == id));
         p.addrs = locks.iter().copied().collect();
-        let full = round % FULL_POLL_EVERY == 0;
+        let full = round.is_multiple_of(FULL_POLL_EVERY);
         round += 1;
         let started = Instant::now();
         for (lock_id, addr) in &locks {
