@@ -28,7 +28,9 @@
 //! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8),
 //! DMR_FLOW_DOOR_OPEN_MS (how long the simulated door stays open, 1000),
 //! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
-//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass).
+//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass), DMR_FLOW_MQTT_WORKERS and
+//! DMR_FLOW_MQTT_BATCH_WAIT_MS (the cloud's `mqtt.workers` / `mqtt.batch_wait_ms`; unset: the
+//! defaults, 4 and 5).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -798,6 +800,16 @@ async fn run_backend(name: &str, url: &str) {
             format!("http://127.0.0.1:{http_port}"),
         ),
     ];
+    // The MQTT bridge's concurrency, for experiments (unset: the product's defaults).
+    let mut env = env;
+    for (ours, theirs) in [
+        ("DMR_FLOW_MQTT_WORKERS", "DMR_MQTT_WORKERS"),
+        ("DMR_FLOW_MQTT_BATCH_WAIT_MS", "DMR_MQTT_BATCH_WAIT_MS"),
+    ] {
+        if let Ok(v) = std::env::var(ours) {
+            env.push((theirs.to_string(), v));
+        }
+    }
     let config = Config::load_from(None, env).unwrap();
     let app = dmr_cloud::build_app(config).await.unwrap();
     let state = app.state.clone();
