@@ -28,7 +28,9 @@
 //! DMR_FLOW_POLL_MS (agent poll interval, 100), DMR_FLOW_DB_CONNECTIONS (cloud pool, 8),
 //! DMR_FLOW_DOOR_OPEN_MS (how long the simulated door stays open, 1000),
 //! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
-//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass).
+//! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass), DMR_FLOW_MQTT_WORKERS and
+//! DMR_FLOW_MQTT_BATCH_WAIT_MS (the cloud's `mqtt.workers` / `mqtt.batch_wait_ms`; unset: the
+//! defaults, 4 and 5).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -191,7 +193,8 @@ fn door_open_ms(poll_ms: usize) -> usize {
     env_usize("DMR_FLOW_DOOR_OPEN_MS", (poll_ms * 2 + 50).max(1000))
 }
 
-/// Starts one simulator (its pty linked at `dir/ttyN`) and one agent for `gw`.
+/// Starts one simulator (its pty linked at `dir/ttyN`) and one agent for `gw`; the agent's
+/// status endpoint listens on `status_port`.
 fn start_gateway(
     dir: &Path,
     n: usize,
@@ -199,6 +202,7 @@ fn start_gateway(
     trusted: &[(u32, String)],
     mqtt_port: u16,
     poll_ms: usize,
+    status_port: u16,
 ) -> (Proc, Proc) {
     let tty = dir.join(format!("tty{n}"));
     let sim_out = std::fs::File::create(dir.join(format!("sim{n}.out"))).unwrap();
@@ -254,7 +258,7 @@ heartbeat_interval_s = 2
 
 [http]
 listen = "127.0.0.1:0"
-status_listen = "127.0.0.1:0"
+status_listen = "127.0.0.1:{status_port}"
 
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
@@ -289,6 +293,72 @@ locks = [ {locks} ]
             .unwrap(),
     );
     (sim, agent)
+}
+
+/// Every agent's poll rounds so far: (rounds, total ms, longest ms) summed / maxed over the
+/// agents, from their `/status`.
+async fn poll_rounds(http: &reqwest::Client, ports: &[u16]) -> (f64, f64, f64) {
+    let (mut n, mut total, mut max) = (0.0, 0.0, 0.0f64);
+    for p in ports {
+        let Ok(r) = http
+            .get(format!("http://127.0.0.1:{p}/status"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = r.json::<Value>().await else {
+            continue;
+        };
+        for b in v["poll_rounds"].as_array().into_iter().flatten() {
+            let rounds = b["rounds"].as_f64().unwrap_or(0.0);
+            n += rounds;
+            total += rounds * b["mean_ms"].as_f64().unwrap_or(0.0);
+            max = max.max(b["max_ms"].as_f64().unwrap_or(0.0));
+        }
+    }
+    (n, total, max)
+}
+
+/// CPU seconds (user + system) a process used so far, from `/proc/{pid}/stat` (Linux,
+/// 100 ticks a second); 0 if it cannot be read.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is the first, utime the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// CPU seconds so far of: this process (cloud + load generator), the broker, all agents,
+/// all simulators, and the whole machine (busy time over every core, from `/proc/stat`).
+fn cpu_split(me: u32, broker: u32, agents: &[u32], sims: &[u32]) -> [f64; 5] {
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().next()?.to_string();
+            let v: Vec<f64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            Some(
+                (v.iter().sum::<f64>() - v.get(3).unwrap_or(&0.0) - v.get(4).unwrap_or(&0.0))
+                    / 100.0,
+            )
+        })
+        .unwrap_or(0.0);
+    [
+        cpu_secs(me),
+        cpu_secs(broker),
+        agents.iter().map(|p| cpu_secs(*p)).sum(),
+        sims.iter().map(|p| cpu_secs(*p)).sum(),
+        machine,
+    ]
 }
 
 /// The 1-minute load average: the machine is shared, and the figures move with it.
@@ -697,7 +767,8 @@ async fn run_backend(name: &str, url: &str) {
     let runs = env_usize("DMR_FLOW_RUNS", 3);
     let poll_ms = env_usize("DMR_FLOW_POLL_MS", 100);
     let dir = tempfile::tempdir().unwrap();
-    let (mqtt_port, _broker) = mosquitto(dir.path());
+    let (mqtt_port, broker) = mosquitto(dir.path());
+    let broker_pid = broker.0.id();
     let http_port = free_port();
     let env = vec![
         ("DMR_DATABASE_URL".to_string(), url.to_string()),
@@ -729,6 +800,16 @@ async fn run_backend(name: &str, url: &str) {
             format!("http://127.0.0.1:{http_port}"),
         ),
     ];
+    // The MQTT bridge's concurrency, for experiments (unset: the product's defaults).
+    let mut env = env;
+    for (ours, theirs) in [
+        ("DMR_FLOW_MQTT_WORKERS", "DMR_MQTT_WORKERS"),
+        ("DMR_FLOW_MQTT_BATCH_WAIT_MS", "DMR_MQTT_BATCH_WAIT_MS"),
+    ] {
+        if let Ok(v) = std::env::var(ours) {
+            env.push((theirs.to_string(), v));
+        }
+    }
     let config = Config::load_from(None, env).unwrap();
     let app = dmr_cloud::build_app(config).await.unwrap();
     let state = app.state.clone();
@@ -751,6 +832,7 @@ async fn run_backend(name: &str, url: &str) {
         .map(|(id, k)| (id, public_b64u(&k)))
         .collect();
     let mut procs = Vec::new();
+    let status_ports: Vec<u16> = seeded.iter().map(|_| free_port()).collect();
     for (n, gw) in seeded.iter().enumerate() {
         procs.push(start_gateway(
             dir.path(),
@@ -759,8 +841,11 @@ async fn run_backend(name: &str, url: &str) {
             &trusted,
             mqtt_port,
             poll_ms,
+            status_ports[n],
         ));
     }
+    let agent_pids: Vec<u32> = procs.iter().map(|(_, a)| a.0.id()).collect();
+    let sim_pids: Vec<u32> = procs.iter().map(|(s, _)| s.0.id()).collect();
     let total_locks = gws * per_gw;
     println!(
         "\n== {name}: {gws} gateways x {per_gw} locks ({total_locks} locks), agent poll {poll_ms} ms, door open {} ms, \
@@ -808,7 +893,13 @@ async fn run_backend(name: &str, url: &str) {
     let mut table: Vec<RunResult> = Vec::new();
     for round in 0..runs {
         for &rate in &rates() {
+            let rounds0 = poll_rounds(&http, &status_ports).await;
+            let cpu0 = cpu_split(std::process::id(), broker_pid, &agent_pids, &sim_pids);
+            let wall0 = Instant::now();
             let r = run_rate(&state.db, &http, &base, &locks, &shared, rate, warmup, secs).await;
+            let rounds1 = poll_rounds(&http, &status_ports).await;
+            let cpu1 = cpu_split(std::process::id(), broker_pid, &agent_pids, &sim_pids);
+            let wall = wall0.elapsed().as_secs_f64();
             println!(
                 "round {round} (load average {}) offered {:>5.0}/s: achieved {:>6.1}/s, unlocked {}/{} (failed {}, no free lock {}), \
                  latency p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms; create p99 {:.1} ms, pay p99 {:.1} ms; errors {:?}",
@@ -828,6 +919,32 @@ async fn run_backend(name: &str, url: &str) {
                 r.errors
             );
             print!("{}", r.stages);
+            let dn = rounds1.0 - rounds0.0;
+            println!(
+                "    agents' poll round over {per_gw} locks (this rate, all agents): mean {:.1} ms over {dn:.0} rounds; longest since start {:.1} ms",
+                if dn > 0.0 {
+                    (rounds1.1 - rounds0.1) / dn
+                } else {
+                    f64::NAN
+                },
+                rounds1.2
+            );
+            // Every flow started in this rate's warm-up and window, whatever became of it.
+            let flows = (rate * (warmup + secs).as_secs_f64()).max(1.0);
+            let d: Vec<f64> = (0..5).map(|i| cpu1[i] - cpu0[i]).collect();
+            println!(
+                "    CPU over {wall:.1} s (cores busy: cloud+generator {:.2}, broker {:.2}, agents {:.2}, simulators {:.2}; machine {:.2} of 2); \
+                 per flow offered: cloud+generator {:.2} ms, broker {:.2} ms, agents {:.2} ms, simulators {:.2} ms",
+                d[0] / wall,
+                d[1] / wall,
+                d[2] / wall,
+                d[3] / wall,
+                d[4] / wall,
+                d[0] * 1000.0 / flows,
+                d[1] * 1000.0 / flows,
+                d[2] * 1000.0 / flows,
+                d[3] * 1000.0 / flows,
+            );
             table.push(r);
             stuck_report(&state.db).await;
         }
@@ -859,6 +976,7 @@ async fn run_backend(name: &str, url: &str) {
     stop_mon.store(1, Ordering::Relaxed);
     let _ = mon.await;
     drop(procs);
+    drop(broker);
     let _ = stop.send(true);
     for t in [bridge, liveness].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(20), t).await;

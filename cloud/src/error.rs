@@ -235,6 +235,16 @@ impl From<sqlx::Error> for ApiError {
         if matches!(e, sqlx::Error::RowNotFound) {
             return ApiError::NotFound;
         }
+        // Every pooled connection stayed busy for the whole acquire timeout: the server is
+        // overloaded, not broken, and the same request can succeed shortly (seen in the
+        // order_flow bench past saturation, where these were 500s).
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            tracing::warn!("database pool exhausted; answering 503");
+            return ApiError::Unavailable {
+                code: "database_busy",
+                message: "the server is too busy to reach its database right now; try again in a few seconds".into(),
+            };
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
@@ -246,3 +256,17 @@ impl From<anyhow::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_pool_is_a_503_not_a_500() {
+        let r = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = ApiError::from(sqlx::Error::PoolClosed).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -391,11 +391,12 @@ impl dmr_cloud::orders::dispatch::UnlockDispatcher for LostCommands {
 
     fn send(
         &self,
+        _id: Uuid,
         _gw: Uuid,
         _token: String,
         _ttl: Duration,
-    ) -> dmr_cloud::orders::dispatch::DispatchFut<'_, Uuid> {
-        Box::pin(async { Ok(Uuid::new_v4()) })
+    ) -> dmr_cloud::orders::dispatch::DispatchFut<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }
 

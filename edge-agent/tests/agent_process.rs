@@ -298,6 +298,7 @@ async fn sigterm_stops_cleanly_and_says_offline_and_status_reports_health() {
             && text.contains("cloud link   up")
             && text.contains("bus link up")
             && text.contains("outbox")
+            && text.contains("poll bus 0    round last")
     });
     let out = Command::new(BIN)
         .args(["status", "--json", "--config"])
@@ -306,6 +307,11 @@ async fn sigterm_stops_cleanly_and_says_offline_and_status_reports_health() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["unlocks"]["ok"], 1);
+    // The poller reports its rounds over the bus.
+    let rounds = &v["poll_rounds"][0];
+    assert_eq!(rounds["bus"], 0, "{v}");
+    assert!(rounds["rounds"].as_u64().unwrap() >= 1, "{v}");
+    assert!(rounds["max_ms"].as_f64().unwrap() >= rounds["last_ms"].as_f64().unwrap());
 
     let pid = agent.child.id().to_string();
     assert!(

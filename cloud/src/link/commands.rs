@@ -97,6 +97,22 @@ impl Commands {
         ttl: Duration,
         meta: CommandMeta,
     ) -> Result<Uuid, ApiError> {
+        let id = Uuid::now_v7();
+        self.send_as(id, gw, cmd, ttl, meta).await?;
+        Ok(id)
+    }
+
+    /// [`Commands::send_with`] under an id the caller chose (a fresh `Uuid::now_v7()`), so
+    /// the caller can record the id in its own transaction before the command exists (the
+    /// order dispatch does, saving a write per order).
+    pub async fn send_as(
+        &self,
+        id: Uuid,
+        gw: Uuid,
+        cmd: Command,
+        ttl: Duration,
+        meta: CommandMeta,
+    ) -> Result<(), ApiError> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT merchant_id, status FROM gateways WHERE id = $1 AND deleted_at IS NULL",
         )
@@ -112,7 +128,6 @@ impl Commands {
             )));
         }
         let signer = self.keys.signer().await?;
-        let id = Uuid::now_v7();
         let now = now_ms();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
         let exp_ms = now.saturating_add(ttl_ms);
@@ -155,7 +170,7 @@ impl Commands {
             .entry(op)
             .or_default() += 1;
         tracing::info!(gateway = %gw, cmd = %id, op, "command sent");
-        Ok(id)
+        Ok(())
     }
 
     /// Prometheus text: commands sent by op, acks by result, ack latency, expiries.

@@ -35,8 +35,15 @@ pub type DispatchFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> +
 pub trait UnlockDispatcher: Send + Sync + Debug {
     /// Signs `claims` with the active cloud key, setting `key_id` to that key's id.
     fn sign(&self, claims: TokenClaims) -> DispatchFut<'_, UnlockToken>;
-    /// Sends `cmd unlock {token}` to the gateway; returns the command id.
-    fn send(&self, gateway_id: Uuid, token_text: String, ttl: Duration) -> DispatchFut<'_, Uuid>;
+    /// Sends `cmd unlock {token}` to the gateway as command `cmd_id` (chosen by the caller
+    /// and already recorded on the order).
+    fn send(
+        &self,
+        cmd_id: Uuid,
+        gateway_id: Uuid,
+        token_text: String,
+        ttl: Duration,
+    ) -> DispatchFut<'_, ()>;
 }
 
 /// No gateway link in this process: tokens are signed with a key kept in the database
@@ -70,7 +77,7 @@ impl UnlockDispatcher for UnlinkedDispatcher {
         })
     }
 
-    fn send(&self, _gw: Uuid, _token: String, _ttl: Duration) -> DispatchFut<'_, Uuid> {
+    fn send(&self, _id: Uuid, _gw: Uuid, _token: String, _ttl: Duration) -> DispatchFut<'_, ()> {
         Box::pin(async move {
             Err(ApiError::Conflict(
                 "no gateway link in this process; the order can open with its offline token".into(),
@@ -106,10 +113,16 @@ impl UnlockDispatcher for LinkDispatcher {
         })
     }
 
-    fn send(&self, gw: Uuid, token: String, ttl: Duration) -> DispatchFut<'_, Uuid> {
+    fn send(&self, id: Uuid, gw: Uuid, token: String, ttl: Duration) -> DispatchFut<'_, ()> {
         Box::pin(async move {
             self.commands
-                .send(gw, dmr_protocol::message::Command::Unlock { token }, ttl)
+                .send_as(
+                    id,
+                    gw,
+                    dmr_protocol::message::Command::Unlock { token },
+                    ttl,
+                    crate::link::commands::CommandMeta::default(),
+                )
                 .await
         })
     }
@@ -154,6 +167,11 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
     let token = dispatcher.sign(claims).await?;
     let token_text = token.to_text();
     let deadline = now + state.orders.config.unlock_timeout_ms;
+    // The command's id is chosen here and recorded with the transition: one write fewer per
+    // order than recording it after the send. If the send then fails, the id names a command
+    // that was never published (no row, or one marked `not_sent`); the unlock timeout covers
+    // the order as before.
+    let cmd_id = Uuid::now_v7();
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
     let won = transition(
         &mut tx,
@@ -167,6 +185,7 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
             text: vec![
                 ("token_id", Some(claims.token_id.to_string())),
                 ("token_text", Some(token_text.clone())),
+                ("unlock_command_id", Some(cmd_id.to_string())),
             ],
             int: vec![
                 ("unlock_deadline_at", Some(deadline)),
@@ -192,13 +211,7 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
     let ttl = Duration::from_millis(
         u64::try_from(state.orders.config.unlock_timeout_ms).unwrap_or(30_000),
     );
-    let cmd = dispatcher
-        .send(parse_uuid(&order.gateway_id)?, token_text, ttl)
-        .await?;
-    sqlx::query("UPDATE orders SET unlock_command_id = $1 WHERE id = $2")
-        .bind(cmd.to_string())
-        .bind(order_id.to_string())
-        .execute(&state.db.pool)
-        .await?;
-    Ok(())
+    dispatcher
+        .send(cmd_id, parse_uuid(&order.gateway_id)?, token_text, ttl)
+        .await
 }

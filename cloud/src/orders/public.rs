@@ -64,6 +64,9 @@ struct LockInfo {
     status: String,
     venue_name: String,
     venue_address: String,
+    merchant_id: String,
+    venue_id: String,
+    gateway_id: String,
 }
 
 fn check_qr(qr: &str) -> Result<(), ApiError> {
@@ -75,7 +78,8 @@ fn check_qr(qr: &str) -> Result<(), ApiError> {
 
 async fn lock_by_qr(state: &AppState, qr: &str) -> Result<Option<LockInfo>, ApiError> {
     Ok(sqlx::query_as::<_, LockInfo>(
-        "SELECT l.id, l.name, l.qr_code, l.status, v.name AS venue_name, v.address AS venue_address \
+        "SELECT l.id, l.name, l.qr_code, l.status, v.name AS venue_name, v.address AS venue_address, \
+         l.merchant_id, l.venue_id, l.gateway_id \
          FROM locks l JOIN venues v ON v.id = l.venue_id \
          WHERE l.qr_code = $1 AND l.deleted_at IS NULL",
     )
@@ -260,6 +264,17 @@ async fn payment_step(
     .bind(o.id.clone())
     .fetch_one(&state.db.pool)
     .await?;
+    create_payment(state, o, openid, payment_id, out_trade_no).await
+}
+
+/// The provider's side of the payment whose row is `payment_id`.
+async fn create_payment(
+    state: &AppState,
+    o: &OrderRow,
+    openid: Option<String>,
+    payment_id: String,
+    out_trade_no: String,
+) -> ApiResult<PaymentStep> {
     let provider =
         state
             .orders
@@ -369,14 +384,16 @@ pub async fn create(
     if let Some(o) = existing(&state, &session, &idem).await? {
         return replay(&state, o, &lock.id, &plan.id, input.openid).await;
     }
-    let (merchant_id, venue_id, gateway_id): (String, String, String) =
-        sqlx::query_as("SELECT merchant_id, venue_id, gateway_id FROM locks WHERE id = $1")
-            .bind(lock.id.clone())
-            .fetch_one(&state.db.pool)
-            .await?;
+    // Read with the lock above: one round trip fewer on the path every payer waits on.
+    let (merchant_id, venue_id, gateway_id) = (
+        lock.merchant_id.clone(),
+        lock.venue_id.clone(),
+        lock.gateway_id.clone(),
+    );
     let now = now_ms();
     let order_id = new_id();
     let payment_id = new_id();
+    let out_trade_no = payment_id.replace('-', "");
     let key = state.orders.access_key(&order_id);
     let deadline = now + state.orders.config.pay_timeout_ms;
     let mut conn = state.db.pool.acquire().await?;
@@ -427,7 +444,7 @@ pub async fn create(
     .bind(order_id.clone())
     .bind(merchant_id)
     .bind(provider_name)
-    .bind(payment_id.replace('-', ""))
+    .bind(out_trade_no.clone())
     .bind(plan.price_fen)
     .bind(now)
     .execute(&mut *tx)
@@ -442,13 +459,19 @@ pub async fn create(
         now,
     )
     .await?;
-    tx.commit().await?;
-    let o = super::load(&mut conn, &order_id)
+    // Read back inside the transaction (the row as stored), and the names and payment from
+    // what was just written instead of three more queries.
+    let o = super::load(&mut tx, &order_id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
     drop(conn);
-    let n = names(&state, &o).await?;
-    let payment = payment_step(&state, &o, input.openid).await?;
+    let n = Names {
+        lock_name: lock.name.clone(),
+        venue_name: lock.venue_name.clone(),
+        access_key_hash: hash_key(&key),
+    };
+    let payment = create_payment(&state, &o, input.openid, payment_id, out_trade_no).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedOrder {

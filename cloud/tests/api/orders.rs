@@ -37,6 +37,8 @@ pub mod support {
     pub struct Recorder {
         pub key: ed25519_dalek::SigningKey,
         pub sent: Mutex<Vec<(Uuid, String)>>,
+        /// The command ids the dispatch chose, in the order sent.
+        pub ids: Mutex<Vec<Uuid>>,
         pub fail_send: bool,
     }
 
@@ -45,6 +47,7 @@ pub mod support {
             Arc::new(Recorder {
                 key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
                 sent: Mutex::new(Vec::new()),
+                ids: Mutex::new(Vec::new()),
                 fail_send,
             })
         }
@@ -60,13 +63,14 @@ pub mod support {
                 Ok(claims.sign(&self.key).unwrap())
             })
         }
-        fn send(&self, gw: Uuid, token: String, _ttl: Duration) -> DispatchFut<'_, Uuid> {
+        fn send(&self, id: Uuid, gw: Uuid, token: String, _ttl: Duration) -> DispatchFut<'_, ()> {
             Box::pin(async move {
                 if self.fail_send {
                     return Err(ApiError::Conflict("gateway offline".into()));
                 }
                 self.sent.lock().unwrap().push((gw, token));
-                Ok(Uuid::new_v4())
+                self.ids.lock().unwrap().push(id);
+                Ok(())
             })
         }
     }
@@ -350,6 +354,20 @@ mod scenarios {
         assert_eq!(c.order_id.to_string(), id);
         assert_eq!(c.max_uses, 1);
         assert_eq!(c.not_after - c.not_before, 60 * 60, "plan duration");
+        // The command id is recorded on the order with the transition, before the send.
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT unlock_command_id FROM orders WHERE id = $1")
+                .bind(id.clone())
+                .fetch_one(&app.state.db.pool)
+                .await
+                .unwrap();
+        let ids = rec.ids.lock().unwrap().clone();
+        assert_eq!(recorded, Some(ids[0].to_string()));
+        // The create answer names the lock and venue from what it read with the lock; the
+        // replay reads them back from the stored order: the same.
+        assert_eq!(a["order"]["lock_name"], b["order"]["lock_name"]);
+        assert_eq!(a["order"]["venue_name"], b["order"]["venue_name"]);
+        assert_eq!(a["payment"], b["payment"], "the same payment step");
         let (s, t) = app
             .call(
                 reqwest::Method::GET,

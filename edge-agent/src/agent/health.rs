@@ -5,14 +5,17 @@
 //!   in a row (the same rule that raises `lock_offline`);
 //! - lock state, per lock: from the last answered poll (door, latch, alarms).
 //!
-//! Plus counters for unlock results and latency. [`Health::status`] makes the snapshot that
+//! Plus counters for unlock results and latency, the poll-round time of every bus (how long
+//! the poller takes to come back to a lock, which bounds how short a door cycle it can see),
+//! and the set of locks whose door the poller watches closely because one was just
+//! unlocked. [`Health::status`] makes the snapshot that
 //! `/status`, `dmr-agent status`, heartbeats and `/metrics` show. The mutexes here are held
 //! only to copy a few fields in or out, never across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dmr_protocol::message::{LockStatus, ResultCode};
 use serde::Serialize;
@@ -49,6 +52,22 @@ struct LockHealth {
     snapshot: Option<LockSnapshot>,
 }
 
+/// Poll rounds of one bus.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rounds {
+    count: u64,
+    last_us: u64,
+    max_us: u64,
+    sum_us: u64,
+}
+
+/// A lock whose door the poller watches between rounds (see [`Health::watch_door`]).
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    until: Instant,
+    seen_open: bool,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     unlocks: BTreeMap<&'static str, u64>,
@@ -66,6 +85,22 @@ pub struct Health {
     locks: Mutex<BTreeMap<Uuid, LockHealth>>,
     counters: Mutex<Counters>,
     sync: Mutex<SyncHealth>,
+    rounds: Mutex<BTreeMap<usize, Rounds>>,
+    watched: Mutex<HashMap<Uuid, Watched>>,
+}
+
+/// The poll rounds of one bus in the status snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PollRoundReport {
+    pub bus: usize,
+    /// Rounds completed since start.
+    pub rounds: u64,
+    /// The last round, start of its first poll to the end of its last, in ms.
+    pub last_ms: f64,
+    /// The longest round since start, in ms.
+    pub max_ms: f64,
+    /// Mean round since start, in ms.
+    pub mean_ms: f64,
 }
 
 /// One lock in the status snapshot.
@@ -106,6 +141,10 @@ pub struct StatusReport {
     pub sync_events_drained: u64,
     pub locks: Vec<LockReport>,
     pub unlocks: BTreeMap<String, u64>,
+    /// Per bus: how long one poll round over its locks takes.
+    pub poll_rounds: Vec<PollRoundReport>,
+    /// Locks whose door is being watched after an unlock.
+    pub doors_watched: u64,
 }
 
 /// A transition the monitor must turn into an alarm event.
@@ -144,6 +183,8 @@ impl Health {
             ),
             counters: Mutex::new(Counters::default()),
             sync: Mutex::new(SyncHealth::default()),
+            rounds: Mutex::new(BTreeMap::new()),
+            watched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -260,6 +301,60 @@ impl Health {
         }
     }
 
+    /// A poll round over bus `bus` took `took`.
+    pub fn poll_round(&self, bus: usize, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        if let Ok(mut r) = self.rounds.lock() {
+            let e = r.entry(bus).or_default();
+            e.count += 1;
+            e.last_us = us;
+            e.max_us = e.max_us.max(us);
+            e.sum_us = e.sum_us.saturating_add(us);
+        }
+    }
+
+    /// The latch of `lock_id` was just released: a person will open the door soon and close
+    /// it again. The poller of its bus then looks at that door every poll interval instead
+    /// of once per round, until it saw the door open and close again or `for_at_most` ran
+    /// out, so a door cycle shorter than a round over a busy bus is still seen.
+    pub fn watch_door(&self, lock_id: Uuid, for_at_most: Duration) {
+        if let Ok(mut w) = self.watched.lock() {
+            w.insert(
+                lock_id,
+                Watched {
+                    until: Instant::now() + for_at_most,
+                    seen_open: false,
+                },
+            );
+        }
+    }
+
+    /// The locks whose doors are watched now (expired ones are dropped).
+    pub fn watched_doors(&self) -> Vec<Uuid> {
+        let Ok(mut w) = self.watched.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        w.retain(|_, v| v.until > now);
+        w.keys().copied().collect()
+    }
+
+    /// What a poll saw of a watched door: an open door is remembered, and a closed one after
+    /// that ends the watch (the cycle is complete and its events recorded).
+    pub fn door_seen(&self, lock_id: Uuid, door_closed: bool) {
+        let Ok(mut w) = self.watched.lock() else {
+            return;
+        };
+        let Some(v) = w.get_mut(&lock_id) else {
+            return;
+        };
+        if !door_closed {
+            v.seen_open = true;
+        } else if v.seen_open {
+            w.remove(&lock_id);
+        }
+    }
+
     /// Locks for a heartbeat.
     pub fn lock_statuses(&self) -> Vec<LockStatus> {
         let Ok(locks) = self.locks.lock() else {
@@ -354,6 +449,23 @@ impl Health {
             })
             .unwrap_or_default();
         let sync = self.sync.lock().map(|s| s.clone()).unwrap_or_default();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let poll_rounds = self
+            .rounds
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(bus, r)| PollRoundReport {
+                        bus: *bus,
+                        rounds: r.count,
+                        last_ms: ms(r.last_us),
+                        max_ms: ms(r.max_us),
+                        mean_ms: r.sum_us.checked_div(r.count).map_or(0.0, ms),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let doors_watched = self.watched.lock().map(|w| w.len() as u64).unwrap_or(0);
         StatusReport {
             gateway_id: self.gateway_id,
             uptime_s: self.uptime_s(),
@@ -369,6 +481,8 @@ impl Health {
             sync_events_drained: sync.drained,
             locks,
             unlocks,
+            poll_rounds,
+            doors_watched,
         }
     }
 
@@ -451,6 +565,49 @@ impl Health {
                 c.latency_count
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_poll_round_last_seconds The last poll round over a bus's locks.\n# TYPE dmr_agent_poll_round_last_seconds gauge"
+        );
+        for r in &s.poll_rounds {
+            let _ = writeln!(
+                o,
+                "dmr_agent_poll_round_last_seconds{{bus=\"{}\"}} {}",
+                r.bus,
+                r.last_ms / 1000.0
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_poll_round_max_seconds The longest poll round over a bus's locks since start.\n# TYPE dmr_agent_poll_round_max_seconds gauge"
+        );
+        for r in &s.poll_rounds {
+            let _ = writeln!(
+                o,
+                "dmr_agent_poll_round_max_seconds{{bus=\"{}\"}} {}",
+                r.bus,
+                r.max_ms / 1000.0
+            );
+        }
+        if let Ok(rounds) = self.rounds.lock() {
+            let _ = writeln!(
+                o,
+                "# HELP dmr_agent_poll_round_seconds Poll rounds over a bus's locks.\n# TYPE dmr_agent_poll_round_seconds summary"
+            );
+            for (bus, r) in rounds.iter() {
+                let _ = writeln!(
+                    o,
+                    "dmr_agent_poll_round_seconds_sum{{bus=\"{bus}\"}} {}\ndmr_agent_poll_round_seconds_count{{bus=\"{bus}\"}} {}",
+                    r.sum_us as f64 / 1e6,
+                    r.count
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dmr_agent_doors_watched Locks whose door is polled every interval after an unlock.\n# TYPE dmr_agent_doors_watched gauge\ndmr_agent_doors_watched {}",
+            s.doors_watched
+        );
         let _ = writeln!(
             o,
             "# HELP dmr_agent_uptime_seconds Seconds since start.\n# TYPE dmr_agent_uptime_seconds gauge\ndmr_agent_uptime_seconds {}",

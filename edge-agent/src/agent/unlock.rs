@@ -112,6 +112,12 @@ impl Unlocker {
                     }
                     None => ActuationOutcome::Unreachable("bus not configured".into()),
                 };
+                if outcome == ActuationOutcome::Ok {
+                    // A person opens the door next: the poller looks at it every interval
+                    // until the cycle is seen, not once per round over the whole bus.
+                    self.health
+                        .watch_door(lock_id, super::monitor::WATCH_DOOR_FOR);
+                }
                 let (result, detail) = match &outcome {
                     ActuationOutcome::Ok => (ResultCode::Ok, String::from("unlocked")),
                     ActuationOutcome::Unreachable(r) => (ResultCode::LockUnreachable, r.clone()),

@@ -396,6 +396,20 @@ fn status(c: &config::AgentConfig, json: bool) -> ExitCode {
                     .map(|e| format!(", last: {e}"))
                     .unwrap_or_default()
             );
+            for r in v["poll_rounds"].as_array().into_iter().flatten() {
+                println!(
+                    "poll bus {}    round last {:.1} ms, mean {:.1} ms, longest {:.1} ms ({} rounds)",
+                    r["bus"],
+                    r["last_ms"].as_f64().unwrap_or(0.0),
+                    r["mean_ms"].as_f64().unwrap_or(0.0),
+                    r["max_ms"].as_f64().unwrap_or(0.0),
+                    r["rounds"]
+                );
+            }
+            println!(
+                "doors        {} watched after an unlock",
+                v["doors_watched"]
+            );
             if let Some(locks) = v["locks"].as_array() {
                 for l in locks {
                     println!(

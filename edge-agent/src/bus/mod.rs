@@ -514,6 +514,22 @@ impl BusHandle {
         rx.await.map_err(|_| BusError::Closed)?
     }
 
+    /// Door, latch and alarm inputs only: one exchange, what the poller reads between full
+    /// polls (the door is what must not be missed; identity changes slowly).
+    pub async fn read_inputs(&self, addr: u8) -> Result<LockInputs, BusError> {
+        let bits = self
+            .read_bits(
+                addr,
+                Request::ReadDiscreteInputs {
+                    addr: discrete::DOOR_CLOSED,
+                    count: discrete::COUNT,
+                },
+                Priority::Poll,
+            )
+            .await?;
+        LockInputs::from_bits(&bits).map_err(|source| BusError::Register { addr, source })
+    }
+
     /// Door, latch and alarm inputs plus the UNLOCK coil.
     pub async fn read_state(&self, addr: u8) -> Result<LockState, BusError> {
         let bits = self
