@@ -134,7 +134,7 @@ enum Plan {
     Skip,
     /// A door event whose open order (if any) was read for the whole batch; its evidence
     /// is in the batch insert.
-    Door(Option<OrderRow>),
+    Door(Option<Box<OrderRow>>),
     /// An unlock event; its evidence is in the batch insert.
     Unlock,
     /// A door event on a lock whose order an earlier event of this batch may have moved:
@@ -207,7 +207,7 @@ pub async fn on_gateway_events(
             }
             Event::Door(d) if touched.contains(&d.lock_id) => Plan::Alone,
             Event::Door(d) => {
-                let order = open.get(&d.lock_id.to_string()).cloned();
+                let order = open.get(&d.lock_id.to_string()).cloned().map(Box::new);
                 if order.is_some() {
                     touched.insert(d.lock_id);
                 }
@@ -258,10 +258,8 @@ pub async fn on_gateway_events(
                     door_rest(conn, a.gateway_id, d.door, at_ms(d.at, a.ts_ms), &order).await?;
                 }
             }
-            (Plan::Unlock, Event::Unlock(e)) => {
-                if new.contains(&a.event_id.to_string()) {
-                    unlock_rest(conn, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
-                }
+            (Plan::Unlock, Event::Unlock(e)) if new.contains(&a.event_id.to_string()) => {
+                unlock_rest(conn, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
             }
             (Plan::Alone, Event::Door(d)) => {
                 door_alone(
