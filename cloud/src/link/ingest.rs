@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use crate::db::{Backend, Db, new_id, now_ms};
+use crate::db::{Db, new_id, now_ms};
 use crate::error::ApiError;
 use crate::link::metrics::LinkMetrics;
 
@@ -132,11 +132,6 @@ pub struct Ingest {
     db: Db,
     metrics: Arc<LinkMetrics>,
     keys: Mutex<HashMap<Uuid, GatewayEntry>>,
-    /// On SQLite, this process's batches take turns at the one write lock here rather than
-    /// in SQLite's busy handler: a writer that finds the database locked sleeps in steps of
-    /// up to 100 ms before it looks again, so concurrent batches left the database idle
-    /// between them. Verification stays concurrent (it runs before this lock).
-    sqlite_writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -213,7 +208,6 @@ impl Ingest {
             db,
             metrics,
             keys: Mutex::new(HashMap::new()),
-            sqlite_writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -348,16 +342,11 @@ impl Ingest {
             }
         }
         entries.extend(reread);
-        let writer = match self.db.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
-            Backend::Postgres => None,
-        };
         let received_at = now_ms();
         let mut tx = self.db.pool.begin().await?;
         let (outcomes, applied_kinds) =
             apply_all(&mut tx, via, items, &entries, &verified, received_at).await?;
         tx.commit().await?;
-        drop(writer);
         for (o, (gw, _)) in outcomes.iter().zip(items) {
             match o {
                 Outcome::Applied => {}
