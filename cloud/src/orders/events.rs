@@ -24,7 +24,7 @@ use dmr_protocol::message::{DoorChange, Event, ResultCode, UnlockEvent};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use super::{Actor, Also, ORDER_COLUMNS, OrderRow, Status, alert, load, refunds, transition};
+use super::{Actor, Also, OrderRow, Status, alert, load, refunds, transition};
 use crate::db::now_ms;
 use crate::error::ApiError;
 use crate::link::ingest::{in_list, placeholders, rows_per_statement};
@@ -132,9 +132,9 @@ struct Evidence {
 enum Plan {
     /// Nothing for orders (alarms, firmware, or a repeat of an id earlier in the batch).
     Skip,
-    /// A door event whose open order (if any) was read for the whole batch; its evidence
-    /// is in the batch insert.
-    Door(Option<Box<OrderRow>>),
+    /// A door event whose open order (its id, if any) was read for the whole batch; its
+    /// evidence is in the batch insert.
+    Door(Option<String>),
     /// An unlock event; its evidence is in the batch insert.
     Unlock,
     /// A door event on a lock whose order an earlier event of this batch may have moved:
@@ -207,13 +207,13 @@ pub async fn on_gateway_events(
             }
             Event::Door(d) if touched.contains(&d.lock_id) => Plan::Alone,
             Event::Door(d) => {
-                let order = open.get(&d.lock_id.to_string()).cloned().map(Box::new);
+                let order = open.get(&d.lock_id.to_string()).map(|(_, id)| id.clone());
                 if order.is_some() {
                     touched.insert(d.lock_id);
                 }
                 rows.push(Evidence {
                     id: a.event_id.to_string(),
-                    order_id: order.as_ref().map(|o| o.id.clone()),
+                    order_id: order.clone(),
                     lock_id: d.lock_id,
                     gateway_id: a.gateway_id,
                     source: "door",
@@ -254,9 +254,13 @@ pub async fn on_gateway_events(
                 if !new.contains(&a.event_id.to_string()) {
                     continue;
                 }
-                if let Some(order) = order {
-                    door_rest(conn, a.gateway_id, d.door, at_ms(d.at, a.ts_ms), &order).await?;
-                }
+                // Read again right before use, as the single-event path does: another
+                // transaction (the order jobs, a refund) may have moved it since the batch read.
+                let Some(order) = order else { continue };
+                let Some(order) = load(conn, &order).await? else {
+                    continue;
+                };
+                door_rest(conn, a.gateway_id, d.door, at_ms(d.at, a.ts_ms), &order).await?;
             }
             (Plan::Unlock, Event::Unlock(e)) if new.contains(&a.event_id.to_string()) => {
                 unlock_rest(conn, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
@@ -280,28 +284,26 @@ pub async fn on_gateway_events(
 }
 
 /// The open order of each lock (`unlocking`, `unlocked`, `unlock_failed`; the newest when
-/// there are several), in statements of at most 160 lock ids.
+/// there are several) as (created_at, id), in statements of at most 160 lock ids.
 async fn open_orders(
     conn: &mut AnyConnection,
     locks: &[String],
-) -> Result<HashMap<String, OrderRow>, ApiError> {
-    let mut out: HashMap<String, OrderRow> = HashMap::new();
+) -> Result<HashMap<String, (i64, String)>, ApiError> {
+    let mut out: HashMap<String, (i64, String)> = HashMap::new();
     for chunk in locks.chunks(rows_per_statement(1)) {
         let sql = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE lock_id IN ({}) \
+            "SELECT lock_id, created_at, id FROM orders WHERE lock_id IN ({}) \
              AND status IN ('unlocking', 'unlocked', 'unlock_failed')",
             in_list(chunk.len())
         );
-        let mut q = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query_as::<_, (String, i64, String)>(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(id.clone());
         }
-        for o in q.fetch_all(&mut *conn).await? {
-            let newer = out
-                .get(&o.lock_id)
-                .is_none_or(|n| (n.created_at, &n.id) < (o.created_at, &o.id));
+        for (lock, created_at, id) in q.fetch_all(&mut *conn).await? {
+            let newer = out.get(&lock).is_none_or(|n| *n < (created_at, id.clone()));
             if newer {
-                out.insert(o.lock_id.clone(), o);
+                out.insert(lock, (created_at, id));
             }
         }
     }
