@@ -408,14 +408,14 @@ fn verify_chunk(
 const PARAMS_PER_STATEMENT: usize = 160;
 
 /// Rows of `cols` parameters that fit in one statement.
-fn rows_per_statement(cols: usize) -> usize {
+pub(crate) fn rows_per_statement(cols: usize) -> usize {
     (PARAMS_PER_STATEMENT / cols.max(1)).max(1)
 }
 
 /// `($1, $2, $3), ($4, $5, $6)` for `rows` rows of `cols` placeholders. The dynamic SQL of
 /// this module (`AssertSqlSafe`) is built only from these numbered placeholders and fixed
 /// text; every value is bound.
-fn placeholders(rows: usize, cols: usize) -> String {
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -435,7 +435,7 @@ fn placeholders(rows: usize, cols: usize) -> String {
 }
 
 /// `$1, $2, ...` for an `IN (...)` list.
-fn in_list(n: usize) -> String {
+pub(crate) fn in_list(n: usize) -> String {
     (1..=n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -509,8 +509,10 @@ struct Good<'a> {
 /// one would change nothing after it: every state column moves only forward by message
 /// time), and update their gateways in one statement and their locks in another; door
 /// events are coalesced per lock (newest wins) into one statement; event rows go in one
-/// insert; live-feed rows in one insert at the end. What stays per message is rare or
-/// belongs to another feature: gateway `state`, acks, alarms, firmware, the order hooks.
+/// insert; the order hooks read the open orders of the batch's locks once and record their
+/// evidence in one insert ([`crate::orders::on_gateway_events`]); live-feed rows in one
+/// insert at the end. What stays per message is rare: gateway `state`, acks, alarms,
+/// firmware, and the order transitions of the events that move an order.
 ///
 /// Row-lock order. Concurrent batches (this instance's workers, other instances, the HTTP
 /// drain) take row locks phase by phase in one fixed order, and within a phase in sorted
@@ -641,8 +643,20 @@ async fn apply_all(
         .collect();
     insert_events(conn, &events, received_at).await?;
     for (g, ev) in &events {
-        apply_event_rest(conn, &g.ctx, g.env, ev).await?;
+        apply_event_rest(conn, &g.ctx, ev).await?;
     }
+    // The order hooks, once for the whole batch (in the same (gateway, id) order): one read
+    // of the open orders and one evidence insert instead of two statements per event.
+    let applied: Vec<crate::orders::AppliedEvent<'_>> = events
+        .iter()
+        .map(|(g, ev)| crate::orders::AppliedEvent {
+            gateway_id: g.ctx.gateway_id,
+            event_id: g.env.id,
+            event: ev,
+            ts_ms: ms(g.env.ts),
+        })
+        .collect();
+    crate::orders::on_gateway_events(conn, &applied).await?;
     for g in &fresh {
         if let Message::Ack(ack) = &g.env.message {
             crate::link::commands::on_ack(conn, g.ctx.gateway_id, ack, ms(g.env.ts)).await?;
@@ -1068,12 +1082,11 @@ async fn lock_change(
     Ok(())
 }
 
-/// What an applied event does beyond its `gateway_events` row and the batched door state
-/// (both done for the whole batch): alarms, firmware, and the order hooks.
+/// What an applied event does beyond its `gateway_events` row, the batched door state and
+/// the batched order hooks: alarms and firmware.
 async fn apply_event_rest(
     conn: &mut AnyConnection,
     ctx: &GatewayCtx,
-    env: &Envelope,
     ev: &Event,
 ) -> Result<(), ApiError> {
     let lock_id = ev.lock_id().to_string();
@@ -1112,7 +1125,7 @@ async fn apply_event_rest(
             }
         }
     }
-    on_applied_event(conn, ctx, env, ev).await
+    Ok(())
 }
 
 async fn apply_alarm(
@@ -1185,17 +1198,4 @@ async fn apply_alarm(
         }
     }
     Ok(())
-}
-
-/// The one place an applied gateway event reaches other features, inside the ingest
-/// transaction. Orders take `unlock` events (the outcome of an order's token) and `door`
-/// events (opened then closed completes an order); the event itself is already stored in
-/// `gateway_events`.
-async fn on_applied_event(
-    conn: &mut AnyConnection,
-    ctx: &GatewayCtx,
-    env: &Envelope,
-    event: &Event,
-) -> Result<(), ApiError> {
-    crate::orders::on_gateway_event(conn, ctx.gateway_id, env.id, event, ms(env.ts)).await
 }

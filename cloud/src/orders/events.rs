@@ -1,7 +1,8 @@
 //! What the gateways tell orders: unlock events, door events and command acks.
 //!
-//! The link's ingest calls [`on_gateway_event`] for every applied event, and the command
-//! ack hook calls [`on_command_result`], both inside the ingest transaction. Rules:
+//! The link's ingest calls [`on_gateway_events`] once per batch with every applied event
+//! (batched reads and inserts, the same outcome as event by event), and the command ack
+//! hook calls [`on_command_result`], both inside the ingest transaction. Rules:
 //! - `ok` (event or ack) proves the lock opened: `paid`/`unlocking` → `unlocked`. On an
 //!   order that already failed over, a late `ok` cancels the refund if it was not sent yet
 //!   (`unlock_failed` → `unlocked`); if the money already went back, the order is flagged
@@ -16,6 +17,7 @@
 //! redelivered event changes nothing), which is what the order detail and the
 //! reconciliation read.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dmr_protocol::message::{DoorChange, Event, ResultCode, UnlockEvent};
@@ -25,6 +27,7 @@ use uuid::Uuid;
 use super::{Actor, Also, OrderRow, Status, alert, load, refunds, transition};
 use crate::db::now_ms;
 use crate::error::ApiError;
+use crate::link::ingest::{in_list, placeholders, rows_per_statement};
 use crate::payments::notify::{PAYMENT_COLUMNS, PaymentRow};
 
 /// The refund grace period, set from the configuration when the app is built (the hooks
@@ -81,7 +84,18 @@ async fn record(
     Ok(n == 1)
 }
 
-/// The hook the link's ingest calls for every applied gateway event.
+/// One applied gateway event, as the order hook takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct AppliedEvent<'a> {
+    pub gateway_id: Uuid,
+    /// The message id, which is also the evidence row's id.
+    pub event_id: Uuid,
+    pub event: &'a Event,
+    /// The message's time (the fallback when the event carries none).
+    pub ts_ms: i64,
+}
+
+/// The hook for one applied gateway event: [`on_gateway_events`] with a batch of one.
 pub async fn on_gateway_event(
     conn: &mut AnyConnection,
     gateway_id: Uuid,
@@ -89,76 +103,332 @@ pub async fn on_gateway_event(
     event: &Event,
     ts_ms: i64,
 ) -> Result<(), ApiError> {
-    match event {
-        Event::Unlock(e) => on_unlock(conn, gateway_id, event_id, e, ts_ms).await,
-        Event::Door(d) => {
-            let at = at_ms(d.at, ts_ms);
-            let door = match d.door {
-                DoorChange::Opened => "opened",
-                DoorChange::Closed => "closed",
-            };
-            let order: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM orders WHERE lock_id = $1 \
-                 AND status IN ('unlocking', 'unlocked', 'unlock_failed') \
-                 ORDER BY created_at DESC LIMIT 1",
-            )
-            .bind(d.lock_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if !record(
-                conn,
-                &event_id.to_string(),
-                order.as_deref(),
-                d.lock_id,
-                gateway_id,
-                "door",
-                door,
-                None,
-                None,
-                at,
-            )
-            .await?
-            {
-                return Ok(());
-            }
-            let Some(order) = order else { return Ok(()) };
-            let Some(order) = load(conn, &order).await? else {
-                return Ok(());
-            };
-            let actor = Actor::Gateway(gateway_id.to_string());
-            if d.door == DoorChange::Opened {
-                sqlx::query(
-                    "UPDATE orders SET door_opened_at = $1 WHERE id = $2 AND door_opened_at IS NULL",
-                )
-                .bind(at)
-                .bind(order.id.clone())
-                .execute(&mut *conn)
-                .await?;
-                if order.status() != Status::Unlocked {
-                    opened(conn, &order, &actor, "the door opened", at).await?;
-                }
-            }
-            // Either event may be the one that completes the order: the ingest applies
-            // batches on several workers at once, so a `closed` can be applied before the
-            // `opened` that preceded it at the door. What counts is the recorded evidence
-            // (a close at or after an open, by the gateway's clock), not arrival order.
-            if door_cycled(conn, &order.id).await? {
-                transition(
-                    conn,
-                    &order.id,
-                    Status::Unlocked,
-                    Status::Completed,
-                    &actor,
-                    "the door opened and closed again",
-                    now_ms(),
-                    Also::default(),
-                )
-                .await?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+    on_gateway_events(
+        conn,
+        &[AppliedEvent {
+            gateway_id,
+            event_id,
+            event,
+            ts_ms,
+        }],
+    )
+    .await
+}
+
+/// One row of `order_unlock_events`, to be inserted with the others of its batch.
+struct Evidence {
+    id: String,
+    order_id: Option<String>,
+    lock_id: Uuid,
+    gateway_id: Uuid,
+    source: &'static str,
+    result: &'static str,
+    via: Option<&'static str>,
+    token_id: Option<Uuid>,
+    at: i64,
+}
+
+/// What the batch does with one event after the evidence insert.
+enum Plan {
+    /// Nothing for orders (alarms, firmware, or a repeat of an id earlier in the batch).
+    Skip,
+    /// A door event whose open order (its id, if any) was read for the whole batch; its
+    /// evidence is in the batch insert.
+    Door(Option<String>),
+    /// An unlock event; its evidence is in the batch insert.
+    Unlock,
+    /// A door event on a lock whose order an earlier event of this batch may have moved:
+    /// done on its own, exactly as a single event.
+    Alone,
+}
+
+fn door_result(d: DoorChange) -> &'static str {
+    match d {
+        DoorChange::Opened => "opened",
+        DoorChange::Closed => "closed",
     }
+}
+
+fn via_str(via: Option<dmr_protocol::message::Presenter>) -> Option<&'static str> {
+    via.map(|v| match v {
+        dmr_protocol::message::Presenter::Cloud => "cloud",
+        dmr_protocol::message::Presenter::Lan => "lan",
+        dmr_protocol::message::Presenter::Scanner => "scanner",
+    })
+}
+
+/// The hook the link's ingest calls once per batch with every applied event, in the
+/// batch's apply order, inside the ingest transaction. The outcome is exactly that of
+/// calling the per-event rules one event after the other; what is batched is the work
+/// most events need and that cannot depend on an earlier event of the same batch:
+///
+/// - ONE read of the open orders (`unlocking`, `unlocked`, `unlock_failed`, newest per
+///   lock) of every lock the batch's door events name, instead of one per door event;
+/// - ONE multi-row `order_unlock_events` insert (`ON CONFLICT (id) DO NOTHING RETURNING
+///   id`, so a redelivered event still changes nothing) instead of one per event.
+///
+/// Only the events that can move an order then run statements of their own. The one
+/// dependency inside a batch is per lock: an event that may move a lock's order (a door
+/// event while the lock has an open order, an unlock event naming an order) can change
+/// which order the lock's later door events belong to (completion takes the order out of
+/// the open set; a late `ok` or a failure puts a `paid` one in), and door completion reads
+/// the recorded door evidence. So every door event of that lock AFTER such an event is
+/// done on its own, in order, with its own read and insert: the exact single-event path.
+/// Before it, the lock's door events have no open order and only leave evidence. The
+/// evidence of the first such event goes in the batch insert, and nothing it could be
+/// read by (`door_cycled` of its order) runs before it. Unlock evidence is never read
+/// while applying events.
+pub async fn on_gateway_events(
+    conn: &mut AnyConnection,
+    events: &[AppliedEvent<'_>],
+) -> Result<(), ApiError> {
+    let mut door_locks: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::Door(d) => Some(d.lock_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    door_locks.sort();
+    door_locks.dedup();
+    let open = open_orders(conn, &door_locks).await?;
+
+    // Plan every event and gather the evidence rows, in apply order.
+    let mut touched: HashSet<Uuid> = HashSet::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut plans: Vec<Plan> = Vec::with_capacity(events.len());
+    let mut rows: Vec<Evidence> = Vec::new();
+    for a in events {
+        let plan = match a.event {
+            Event::Door(_) | Event::Unlock(_) if !seen.insert(a.event_id) => {
+                // The same id again: its evidence is (or will be) recorded by the first
+                // one, so this one changes nothing, as a redelivery.
+                Plan::Skip
+            }
+            Event::Door(d) if touched.contains(&d.lock_id) => Plan::Alone,
+            Event::Door(d) => {
+                let order = open.get(&d.lock_id.to_string()).map(|(_, id)| id.clone());
+                if order.is_some() {
+                    touched.insert(d.lock_id);
+                }
+                rows.push(Evidence {
+                    id: a.event_id.to_string(),
+                    order_id: order.clone(),
+                    lock_id: d.lock_id,
+                    gateway_id: a.gateway_id,
+                    source: "door",
+                    result: door_result(d.door),
+                    via: None,
+                    token_id: None,
+                    at: at_ms(d.at, a.ts_ms),
+                });
+                Plan::Door(order)
+            }
+            Event::Unlock(e) => {
+                let order_id = e.order_id.filter(|o| !o.is_nil());
+                if order_id.is_some() {
+                    touched.insert(e.lock_id);
+                }
+                rows.push(Evidence {
+                    id: a.event_id.to_string(),
+                    order_id: order_id.map(|o| o.to_string()),
+                    lock_id: e.lock_id,
+                    gateway_id: a.gateway_id,
+                    source: "event",
+                    result: e.result.as_str(),
+                    via: via_str(e.via),
+                    token_id: e.token_id,
+                    at: at_ms(e.at, a.ts_ms),
+                });
+                Plan::Unlock
+            }
+            _ => Plan::Skip,
+        };
+        plans.push(plan);
+    }
+    let new = record_many(conn, &rows).await?;
+
+    for (a, plan) in events.iter().zip(plans) {
+        match (plan, a.event) {
+            (Plan::Door(order), Event::Door(d)) => {
+                if !new.contains(&a.event_id.to_string()) {
+                    continue;
+                }
+                // Read again right before use, as the single-event path does: another
+                // transaction (the order jobs, a refund) may have moved it since the batch read.
+                let Some(order) = order else { continue };
+                let Some(order) = load(conn, &order).await? else {
+                    continue;
+                };
+                door_rest(conn, a.gateway_id, d.door, at_ms(d.at, a.ts_ms), &order).await?;
+            }
+            (Plan::Unlock, Event::Unlock(e)) if new.contains(&a.event_id.to_string()) => {
+                unlock_rest(conn, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
+            }
+            (Plan::Alone, Event::Door(d)) => {
+                door_alone(
+                    conn,
+                    a.gateway_id,
+                    a.event_id,
+                    d.lock_id,
+                    d.door,
+                    d.at,
+                    a.ts_ms,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The open order of each lock (`unlocking`, `unlocked`, `unlock_failed`; the newest when
+/// there are several) as (created_at, id), in statements of at most 160 lock ids.
+async fn open_orders(
+    conn: &mut AnyConnection,
+    locks: &[String],
+) -> Result<HashMap<String, (i64, String)>, ApiError> {
+    let mut out: HashMap<String, (i64, String)> = HashMap::new();
+    for chunk in locks.chunks(rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT lock_id, created_at, id FROM orders WHERE lock_id IN ({}) \
+             AND status IN ('unlocking', 'unlocked', 'unlock_failed')",
+            in_list(chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64, String)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        for (lock, created_at, id) in q.fetch_all(&mut *conn).await? {
+            let newer = out.get(&lock).is_none_or(|n| *n < (created_at, id.clone()));
+            if newer {
+                out.insert(lock, (created_at, id));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts evidence rows once each, in multi-row statements; returns the ids that were
+/// new (an id already recorded, by an earlier batch or another path, is not).
+async fn record_many(
+    conn: &mut AnyConnection,
+    rows: &[Evidence],
+) -> Result<HashSet<String>, ApiError> {
+    let mut new = HashSet::with_capacity(rows.len());
+    let received_at = now_ms();
+    for chunk in rows.chunks(rows_per_statement(10)) {
+        let sql = format!(
+            "INSERT INTO order_unlock_events (id, order_id, lock_id, gateway_id, source, result, \
+             via, token_id, at, received_at) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+            placeholders(chunk.len(), 10)
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.id.clone())
+                .bind(r.order_id.clone())
+                .bind(r.lock_id.to_string())
+                .bind(r.gateway_id.to_string())
+                .bind(r.source)
+                .bind(r.result)
+                .bind(r.via)
+                .bind(r.token_id.map(|t| t.to_string()))
+                .bind(r.at)
+                .bind(received_at);
+        }
+        new.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(new)
+}
+
+/// A door event on its own: the lock's open order now, the evidence, then the rules.
+async fn door_alone(
+    conn: &mut AnyConnection,
+    gateway_id: Uuid,
+    event_id: Uuid,
+    lock_id: Uuid,
+    door: DoorChange,
+    at: u64,
+    ts_ms: i64,
+) -> Result<(), ApiError> {
+    let at = at_ms(at, ts_ms);
+    let order: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM orders WHERE lock_id = $1 \
+         AND status IN ('unlocking', 'unlocked', 'unlock_failed') \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(lock_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if !record(
+        conn,
+        &event_id.to_string(),
+        order.as_deref(),
+        lock_id,
+        gateway_id,
+        "door",
+        door_result(door),
+        None,
+        None,
+        at,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let Some(order) = order else { return Ok(()) };
+    let Some(order) = load(conn, &order).await? else {
+        return Ok(());
+    };
+    door_rest(conn, gateway_id, door, at, &order).await
+}
+
+/// A new door event of `order` (its evidence recorded, `order` as it is now): the door
+/// opening proves the unlock, and a recorded open-then-close completes the order.
+async fn door_rest(
+    conn: &mut AnyConnection,
+    gateway_id: Uuid,
+    door: DoorChange,
+    at: i64,
+    order: &OrderRow,
+) -> Result<(), ApiError> {
+    let actor = Actor::Gateway(gateway_id.to_string());
+    if door == DoorChange::Opened {
+        sqlx::query(
+            "UPDATE orders SET door_opened_at = $1 WHERE id = $2 AND door_opened_at IS NULL",
+        )
+        .bind(at)
+        .bind(order.id.clone())
+        .execute(&mut *conn)
+        .await?;
+        if order.status() != Status::Unlocked {
+            opened(conn, order, &actor, "the door opened", at).await?;
+        }
+    } else if order.status() != Status::Unlocked {
+        // A close cannot complete an order that is not `unlocked` (nothing between here and
+        // the transition moves it), so the evidence query would be for nothing.
+        return Ok(());
+    }
+    // Either event may be the one that completes the order: the ingest applies
+    // batches on several workers at once, so a `closed` can be applied before the
+    // `opened` that preceded it at the door. What counts is the recorded evidence
+    // (a close at or after an open, by the gateway's clock), not arrival order.
+    if door_cycled(conn, &order.id).await? {
+        transition(
+            conn,
+            &order.id,
+            Status::Unlocked,
+            Status::Completed,
+            &actor,
+            "the door opened and closed again",
+            now_ms(),
+            Also::default(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether the order's recorded door events show the door opened and then closed again.
@@ -176,36 +446,16 @@ async fn door_cycled(conn: &mut AnyConnection, order_id: &str) -> Result<bool, A
     Ok(n > 0)
 }
 
-async fn on_unlock(
+/// A new unlock event (its evidence recorded): the outcome of the token of the order it
+/// names.
+async fn unlock_rest(
     conn: &mut AnyConnection,
     gateway_id: Uuid,
-    event_id: Uuid,
     e: &UnlockEvent,
-    ts_ms: i64,
+    at: i64,
 ) -> Result<(), ApiError> {
-    let at = at_ms(e.at, ts_ms);
     let order_id = e.order_id.filter(|o| !o.is_nil()).map(|o| o.to_string());
-    let via = e.via.map(|v| match v {
-        dmr_protocol::message::Presenter::Cloud => "cloud",
-        dmr_protocol::message::Presenter::Lan => "lan",
-        dmr_protocol::message::Presenter::Scanner => "scanner",
-    });
-    if !record(
-        conn,
-        &event_id.to_string(),
-        order_id.as_deref(),
-        e.lock_id,
-        gateway_id,
-        "event",
-        e.result.as_str(),
-        via,
-        e.token_id,
-        at,
-    )
-    .await?
-    {
-        return Ok(());
-    }
+    let via = via_str(e.via);
     let Some(order_id) = order_id else {
         return Ok(());
     };

@@ -36,7 +36,7 @@ use crate::db::{new_id, now_ms};
 use crate::error::ApiError;
 use crate::payments::Providers;
 
-pub use events::{on_command_result, on_gateway_event};
+pub use events::{AppliedEvent, on_command_result, on_gateway_event, on_gateway_events};
 
 /// Where an order is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -12,6 +12,7 @@ mod leases;
 mod link;
 mod link_support;
 mod openapi;
+mod order_batches;
 mod orders;
 mod rbac;
 mod resources;
