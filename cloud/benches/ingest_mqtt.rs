@@ -13,8 +13,9 @@
 //!
 //! `cargo bench -p dmr-cloud --bench ingest_mqtt` (SQLite in a temp dir; PostgreSQL too when
 //! DMR_TEST_DATABASE_URL is set). `DMR_BENCH_GATEWAYS` (default 2000) and
-//! `DMR_BENCH_MSGS_PER_GW` (default 10) size a run. Publishers, broker and cloud share the
-//! machine's cores, so the end-to-end figure is a lower bound for a dedicated cloud host.
+//! `DMR_BENCH_MSGS_PER_GW` (default 10) size a run; `DMR_MQTT_WORKERS`, `DMR_MQTT_BATCH_MAX`
+//! and `DMR_MQTT_BATCH_WAIT_MS` set the bridge as in the cloud's configuration. Publishers,
+//! broker and cloud share the machine's cores, so the end-to-end figure is a lower bound for a dedicated cloud host.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -342,6 +343,19 @@ async fn run_backend(name: &str, url: &str) {
         ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "8".to_string()),
         ("DMR_LOG_FILTER".to_string(), "error".to_string()),
     ];
+    // The bridge's knobs (DMR_MQTT_WORKERS, DMR_MQTT_BATCH_MAX, DMR_MQTT_BATCH_WAIT_MS) pass
+    // through from the bench's environment, so they can be compared without a rebuild.
+    let mut env = env;
+    for knob in [
+        "DMR_MQTT_WORKERS",
+        "DMR_MQTT_BATCH_MAX",
+        "DMR_MQTT_BATCH_WAIT_MS",
+    ] {
+        if let Ok(v) = std::env::var(knob) {
+            println!("{knob}={v}");
+            env.push((knob.to_string(), v));
+        }
+    }
     let config = Config::load_from(None, env).unwrap();
     let app = dmr_cloud::build_app(config).await.unwrap();
     let state = app.state.clone();
