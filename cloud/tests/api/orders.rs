@@ -1372,11 +1372,11 @@ mod scenarios {
         assert_eq!(p["total_exact"], true);
         // Deep pages count through the next page, so the pager can always step on ...
         let (_, p) = app
-            .get("/api/v1/orders?per_page=100&page=100", &t.owner)
+            .get("/api/v1/orders?per_page=20&page=500", &t.owner)
             .await;
-        assert_eq!(p["total"], 10_100, "{}", p["total"]);
+        assert_eq!(p["total"], 10_020, "{}", p["total"]);
         assert_eq!(p["total_exact"], false);
-        assert_eq!(p["items"].as_array().unwrap().len(), 100);
+        assert_eq!(p["items"].as_array().unwrap().len(), 20);
         // ... and a page that reaches the end knows the exact total.
         let (_, p) = app
             .get("/api/v1/orders?per_page=200&page=50", &t.owner)
