@@ -72,15 +72,18 @@ impl Db {
             }
             _ => url.to_string(),
         };
+        // No liveness ping on every acquire: it doubled the round trips of every query (to
+        // SQLite's per-connection worker thread, or to the PostgreSQL server process) and
+        // the console-read profile showed those hand-offs as a large share of CPU (issue 5).
+        // A SQLite connection is a file handle that nothing outside can break. After a
+        // PostgreSQL restart each pooled connection fails its next query once (that request
+        // gets a 500) and sqlx then replaces it; idle ones are retired after `idle_timeout`
+        // (10 min) anyway.
         let mut opts = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false);
         if backend == Backend::Sqlite {
-            // A SQLite connection is a file handle in this process: it cannot be dropped by
-            // a server or a network, so the liveness ping sqlx sends on every acquire is a
-            // wasted round trip to the connection's worker thread (one per query; the
-            // console-read profile showed these thread hand-offs as a large share of CPU).
-            opts = opts.test_before_acquire(false);
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers work while one writer commits; busy_timeout makes a
