@@ -116,7 +116,10 @@ fn obj(props: Value, required: &[&str]) -> Value {
 fn page_of(item: &str) -> Value {
     json!({ "type": "object", "properties": {
         "items": { "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } },
-        "page": { "type": "integer" }, "per_page": { "type": "integer" }, "total": { "type": "integer" } } })
+        "page": { "type": "integer" }, "per_page": { "type": "integer" },
+        "total": { "type": "integer", "description": "Rows matching; exact when total_exact, otherwise a lower bound (counting stops past 10,000 rows or the page after the requested one, whichever is deeper)" },
+        "total_exact": { "type": "boolean", "description": "false when more rows match than total says" } },
+        "required": ["items", "page", "per_page", "total", "total_exact"] })
 }
 
 /// The gateway link: enrollment, gateway-signed requests, alarms and the live stream.

@@ -72,9 +72,17 @@ impl Db {
             }
             _ => url.to_string(),
         };
+        // No liveness ping on every acquire: it doubled the round trips of every query (to
+        // SQLite's per-connection worker thread, or to the PostgreSQL server process) and
+        // the console-read profile showed those hand-offs as a large share of CPU (issue 5).
+        // A SQLite connection is a file handle that nothing outside can break. After a
+        // PostgreSQL restart each pooled connection fails its next query once (that request
+        // gets a 500) and sqlx then replaces it; idle ones are retired after `idle_timeout`
+        // (10 min) anyway.
         let mut opts = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false);
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -84,6 +92,12 @@ impl Db {
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // Read pages through a shared memory map instead of a read() call and a
+                    // copy into each connection's private 2 MB cache: with a database of
+                    // gigabytes the copies showed up in the profile (issue 5). SQLite caps
+                    // the value at its compile-time limit (2 GB by default); pages past the
+                    // mapped size are read the ordinary way.
+                    conn.execute("PRAGMA mmap_size = 2147418112").await?;
                     Ok(())
                 })
             });

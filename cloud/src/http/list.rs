@@ -11,13 +11,21 @@ use crate::error::ApiError;
 pub const DEFAULT_PER_PAGE: i64 = 50;
 pub const MAX_PER_PAGE: i64 = 200;
 
+/// How far a list's `total` is counted. Counting every match of a big list (a merchant's
+/// orders, by the hundred thousand) costs as much as reading them all, on every page view;
+/// past this many, `total` is a lower bound and `total_exact` is false (issue 5).
+pub const COUNT_CAP: i64 = 10_000;
+
 /// One page of results.
 #[derive(Debug, Serialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub page: i64,
     pub per_page: i64,
+    /// How many rows match: exact when `total_exact`, otherwise a lower bound (more match;
+    /// it still reaches past the requested page, so a pager always offers the next one).
     pub total: i64,
+    pub total_exact: bool,
 }
 
 /// Validated paging.
@@ -209,9 +217,25 @@ pub async fn fetch_page<T>(
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
 {
-    let mut count = Sql::new(&format!("SELECT COUNT(*) FROM {table}"));
-    count.append(where_);
-    let total = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
+    // Count at most `limit` rows: the cap, or through the page after the requested one when
+    // that is deeper, so a capped total still lets the client step on.
+    let bound = COUNT_CAP.max(
+        paging
+            .offset()
+            .saturating_add(paging.per_page.saturating_mul(2)),
+    );
+    let limit = bound.saturating_add(1);
+    let mut count = Sql::new(&format!(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT 1 AS one FROM {table}"
+    ));
+    count
+        .append(where_)
+        .push(" LIMIT ")
+        .bind_int(limit)
+        .push(") capped");
+    let counted = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
+    let total_exact = counted <= bound;
+    let total = counted.min(bound);
     let mut q = Sql::new(&format!("SELECT {columns} FROM {table}"));
     q.append(where_)
         .push(&format!(" ORDER BY {order} LIMIT "))
@@ -224,6 +248,7 @@ where
         page: paging.page,
         per_page: paging.per_page,
         total,
+        total_exact,
     })
 }
 

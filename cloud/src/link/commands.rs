@@ -476,5 +476,6 @@ pub async fn list_for_gateway(
         page: paging.page,
         per_page: paging.per_page,
         total,
+        total_exact: true,
     }))
 }

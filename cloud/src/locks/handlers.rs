@@ -80,6 +80,7 @@ pub async fn list(
         page: page.page,
         per_page: page.per_page,
         total: page.total,
+        total_exact: page.total_exact,
     }))
 }
 

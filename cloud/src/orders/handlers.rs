@@ -587,12 +587,11 @@ pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult
     let first_day = day_list.first().cloned().unwrap_or_default();
     let today = day_list.last().cloned().unwrap_or_default();
 
-    // Refund entries carry negative amounts, so SUM(amount_fen) is the net revenue.
+    // From the daily roll-up (migration 0007, kept by `money::book` in the ledger's own
+    // transaction): at most 30 rows per merchant, however many orders it has.
     let mut q = Sql::new(
-        "SELECT day, CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN kind = 'refund' THEN 0 - amount_fen ELSE 0 END), 0) AS BIGINT) \
-         FROM ledger_entries WHERE kind IN ('payment', 'refund') AND day >= ",
+        "SELECT day, CAST(SUM(revenue_fen) AS BIGINT), CAST(SUM(orders) AS BIGINT), \
+         CAST(SUM(refunds_fen) AS BIGINT) FROM ledger_merchant_days WHERE day >= ",
     );
     q.bind_text(first_day.clone());
     scoped(&mut q, &scope);
@@ -639,23 +638,25 @@ pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult
     scoped(&mut q, &scope);
     let open_alarms = q.query_scalar::<i64>().fetch_one(&state.db.pool).await?;
 
-    // Ledger entries (not orders.status) so a paid-then-refunded order still counts as an
-    // order and its refund lowers the revenue, the same accounting as `days`.
+    // Ledger figures (not orders.status) so a paid-then-refunded order still counts as an
+    // order and its refund lowers the revenue, the same accounting as `days`; read from the
+    // per-lock daily roll-up (at most 30 rows per lock), ranked before the lock names are
+    // joined so only the top 5 are looked up.
     let mut q = Sql::new(
-        "SELECT o.lock_id AS lock_id, l.name AS name, \
-         CAST(SUM(CASE WHEN e.kind = 'payment' THEN 1 ELSE 0 END) AS BIGINT) AS orders, \
-         CAST(SUM(e.amount_fen) AS BIGINT) AS revenue_fen \
-         FROM ledger_entries e JOIN orders o ON o.id = e.order_id JOIN locks l ON l.id = o.lock_id \
-         WHERE e.kind IN ('payment', 'refund') AND e.day >= ",
+        "SELECT t.lock_id AS lock_id, l.name AS name, t.orders AS orders, t.revenue_fen AS revenue_fen \
+         FROM (SELECT lock_id, CAST(SUM(orders) AS BIGINT) AS orders, \
+         CAST(SUM(revenue_fen) AS BIGINT) AS revenue_fen \
+         FROM ledger_lock_days WHERE lock_id <> '' AND day >= ",
     );
     q.bind_text(first_day);
     if let Some(m) = scope.merchant() {
-        q.push(" AND e.merchant_id = ").bind_text(m);
+        q.push(" AND merchant_id = ").bind_text(m);
     }
     q.push(
-        " GROUP BY o.lock_id, l.name \
-         HAVING SUM(CASE WHEN e.kind = 'payment' THEN 1 ELSE 0 END) > 0 \
-         ORDER BY orders DESC, revenue_fen DESC, lock_id LIMIT 5",
+        " GROUP BY lock_id HAVING SUM(orders) > 0 \
+         ORDER BY orders DESC, revenue_fen DESC, lock_id LIMIT 5) t \
+         JOIN locks l ON l.id = t.lock_id \
+         ORDER BY t.orders DESC, t.revenue_fen DESC, t.lock_id",
     );
     let busiest_locks = q.query_as::<BusyLock>().fetch_all(&state.db.pool).await?;
 

@@ -17,6 +17,8 @@ on_every_backend!(
     settlement_and_reconciliation,
     bad_input_is_never_a_500,
     dashboard_summary_figures_and_isolation,
+    dashboard_rollups_equal_the_ledger,
+    order_list_total_is_bounded,
 );
 
 pub mod support {
@@ -1234,6 +1236,210 @@ mod scenarios {
         assert_eq!(all["locks_online"], 1);
         assert_eq!(all["locks_offline"], 1);
         assert_eq!(all["open_alarms"], 1);
+        app.stop().await;
+    }
+
+    /// The dashboard reads daily roll-ups (migration 0007) that `money::book` keeps in the
+    /// ledger's transaction. After payments, partial refunds, settlement (whose commission,
+    /// share and payout entries are not revenue) and a payment after it, every roll-up row
+    /// equals the aggregate of the raw entries, a rebuild from the ledger changes nothing, and
+    /// the dashboard's figures equal what the ledger says.
+    pub async fn dashboard_rollups_equal_the_ledger(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (o1, _, p1) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
+        for amount in [100, 50] {
+            let (s, d) = app
+                .post(
+                    &format!("/api/v1/orders/{o1}/refund"),
+                    &w.a.owner,
+                    json!({ "reason": "partial", "amount_fen": amount }),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{d}");
+        }
+        let (o2, _, p2) = new_order(&app, &w.b).await;
+        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
+        let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
+        assert_eq!(r.settlements, 2, "A and B");
+        assert!(ledger_count(&app, &o1, "commission").await >= 1);
+        // A payment after settlement lands in the same day's roll-up row of A's lock.
+        let (o3, _, p3) = new_order(&app, &w.a).await;
+        assert_eq!(pay(&app, &p3, "").await, StatusCode::OK);
+        assert_eq!(ledger_count(&app, &o3, "payment").await, 1);
+        assert_eq!(ledger_count(&app, &o2, "payment").await, 1);
+
+        type Row = (String, String, String, i64, i64, i64);
+        let pool = &app.state.db.pool;
+        let by_lock = "SELECT merchant_id, day, lock_id, orders, revenue_fen, refunds_fen \
+             FROM ledger_lock_days ORDER BY merchant_id, day, lock_id";
+        let ledger_by_lock = "SELECT e.merchant_id, e.day, o.lock_id, \
+             CAST(SUM(CASE WHEN e.kind = 'payment' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(e.amount_fen) AS BIGINT), \
+             CAST(SUM(CASE WHEN e.kind = 'refund' THEN 0 - e.amount_fen ELSE 0 END) AS BIGINT) \
+             FROM ledger_entries e JOIN orders o ON o.id = e.order_id \
+             WHERE e.kind IN ('payment', 'refund') \
+             GROUP BY e.merchant_id, e.day, o.lock_id ORDER BY e.merchant_id, e.day, o.lock_id";
+        let rollup: Vec<Row> = sqlx::query_as(by_lock).fetch_all(pool).await.unwrap();
+        let direct: Vec<Row> = sqlx::query_as(ledger_by_lock)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        assert_eq!(rollup, direct);
+        assert_eq!(rollup.len(), 2, "one day and lock per tenant: {rollup:?}");
+        let a_row = rollup.iter().find(|r| r.0 == w.a.merchant_id).unwrap();
+        assert_eq!(a_row.2, w.a.lock_id);
+        assert_eq!((a_row.3, a_row.4, a_row.5), (2, 300 + 300 - 150, 150));
+
+        type DayRow = (String, String, i64, i64, i64);
+        let by_day = "SELECT merchant_id, day, orders, revenue_fen, refunds_fen \
+             FROM ledger_merchant_days ORDER BY merchant_id, day";
+        let ledger_by_day = "SELECT merchant_id, day, \
+             CAST(SUM(CASE WHEN kind = 'payment' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(amount_fen) AS BIGINT), \
+             CAST(SUM(CASE WHEN kind = 'refund' THEN 0 - amount_fen ELSE 0 END) AS BIGINT) \
+             FROM ledger_entries WHERE kind IN ('payment', 'refund') \
+             GROUP BY merchant_id, day ORDER BY merchant_id, day";
+        let days: Vec<DayRow> = sqlx::query_as(by_day).fetch_all(pool).await.unwrap();
+        let direct_days: Vec<DayRow> = sqlx::query_as(ledger_by_day).fetch_all(pool).await.unwrap();
+        assert_eq!(days, direct_days);
+
+        // The backfill (migration 0007's statements) agrees with the incremental upkeep.
+        let mut tx = pool.begin().await.unwrap();
+        dmr_cloud::orders::money::rebuild_rollups(&mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let rebuilt: Vec<Row> = sqlx::query_as(by_lock).fetch_all(pool).await.unwrap();
+        assert_eq!(rebuilt, rollup);
+        let rebuilt_days: Vec<DayRow> = sqlx::query_as(by_day).fetch_all(pool).await.unwrap();
+        assert_eq!(rebuilt_days, days);
+
+        // The dashboard says what the ledger says.
+        let (s, a) = app.get("/api/v1/dashboard/summary", &w.a.owner).await;
+        assert_eq!(s, StatusCode::OK, "{a}");
+        let today = a["days"].as_array().unwrap().last().unwrap().clone();
+        let a_day = direct_days
+            .iter()
+            .find(|d| d.0 == w.a.merchant_id && d.1 == today["day"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(a["today_orders"], a_day.2, "{a}");
+        assert_eq!(a["today_revenue_fen"], a_day.3);
+        assert_eq!(a["today_refunds_fen"], a_day.4);
+        assert_eq!(a["busiest_locks"][0]["lock_id"], w.a.lock_id.as_str());
+        assert_eq!(a["busiest_locks"][0]["orders"], a_row.3);
+        assert_eq!(a["busiest_locks"][0]["revenue_fen"], a_row.4);
+        let (_, all) = app.get("/api/v1/dashboard/summary", &w.admin).await;
+        let ledger_today: i64 = direct_days
+            .iter()
+            .filter(|d| d.1 == today["day"].as_str().unwrap())
+            .map(|d| d.3)
+            .sum();
+        assert_eq!(all["today_revenue_fen"], ledger_today, "{all}");
+        assert_eq!(all["busiest_locks"].as_array().unwrap().len(), 2, "{all}");
+        app.stop().await;
+    }
+
+    /// Order lists count at most 10,000 matches (or through the page after the requested
+    /// one): past that, `total` is a lower bound and `total_exact` false, so a page view
+    /// never counts a merchant's whole history. The page object matches the OpenAPI schema.
+    pub async fn order_list_total_is_bounded(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        let (_, plan) = lock_qr_and_plan(&app, &w.a).await;
+        let t = &w.a;
+        // 10,050 ended orders straight into the table (the API would take minutes); 50 of
+        // them `expired`, the rest `completed`.
+        let n = 10_050;
+        let mut conn = app.state.db.pool.acquire().await.unwrap();
+        for start in (0..n).step_by(500) {
+            let mut sql = String::from(
+                "INSERT INTO orders (id, merchant_id, venue_id, lock_id, gateway_id, plan_id, plan_name, \
+                 duration_minutes, amount_fen, status, device_session, idempotency_key, access_key_hash, \
+                 provider, pay_deadline_at, created_at, updated_at) VALUES ",
+            );
+            for i in start..(start + 500).min(n) {
+                let sep = if i == start { "" } else { ", " };
+                let status = if i < 50 { "expired" } else { "completed" };
+                sql.push_str(&format!(
+                    "{sep}('{}', '{}', '{}', '{}', '{}', '{plan}', 'p', 60, 300, '{status}', 's{i}', 'k{i}', 'h{i}', \
+                     'sandbox', {i}, {i}, {i})",
+                    Uuid::new_v4(),
+                    t.merchant_id,
+                    t.venue_id,
+                    t.lock_id,
+                    t.gateway_id
+                ));
+            }
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        drop(conn);
+
+        let (s, p) = app.get("/api/v1/orders?per_page=20", &t.owner).await;
+        assert_eq!(s, StatusCode::OK, "{p}");
+        assert_eq!(p["total"], 10_000, "capped: {}", p["total"]);
+        assert_eq!(p["total_exact"], false);
+        assert_eq!(p["items"].as_array().unwrap().len(), 20);
+        let (_, p) = app.get("/api/v1/orders?status=expired", &t.owner).await;
+        assert_eq!(p["total"], 50);
+        assert_eq!(p["total_exact"], true);
+        // Deep pages count through the next page, so the pager can always step on ...
+        let (_, p) = app
+            .get("/api/v1/orders?per_page=20&page=500", &t.owner)
+            .await;
+        assert_eq!(p["total"], 10_020, "{}", p["total"]);
+        assert_eq!(p["total_exact"], false);
+        assert_eq!(p["items"].as_array().unwrap().len(), 20);
+        // ... and a page that reaches the end knows the exact total.
+        let (_, p) = app
+            .get("/api/v1/orders?per_page=200&page=50", &t.owner)
+            .await;
+        assert_eq!(p["total"], n);
+        assert_eq!(p["total_exact"], true);
+        assert_eq!(p["items"].as_array().unwrap().len(), 200);
+        let (_, p) = app
+            .get("/api/v1/orders?per_page=200&page=51", &t.owner)
+            .await;
+        assert_eq!(p["total"], n);
+        assert_eq!(p["items"].as_array().unwrap().len(), 50);
+        // Another tenant's list is unaffected and exact.
+        let (_, p) = app.get("/api/v1/orders", &w.b.owner).await;
+        assert_eq!(
+            (p["total"].as_i64(), p["total_exact"].as_bool()),
+            (Some(0), Some(true))
+        );
+
+        // The page object has exactly the fields the OpenAPI schema lists, all required.
+        let (_, doc) = app
+            .call(reqwest::Method::GET, "/api/openapi.json", None, None)
+            .await;
+        let r = &doc["paths"]["/api/v1/orders"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"];
+        assert_eq!(r, "#/components/schemas/OrderPage");
+        let schema = &doc["components"]["schemas"]["OrderPage"];
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no page schema: {schema}"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort_unstable();
+        let mut served: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        served.sort_unstable();
+        assert_eq!(documented, served);
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        required.sort_unstable();
+        assert_eq!(required, served);
         app.stop().await;
     }
 

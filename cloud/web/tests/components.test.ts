@@ -12,6 +12,7 @@ import { useAuthStore } from '@/console/stores/auth'
 import LoginView from '@/console/views/LoginView.vue'
 import StateBlock from '@/console/components/StateBlock.vue'
 import PricePlansEditor from '@/console/components/PricePlansEditor.vue'
+import ListPager from '@/console/components/ListPager.vue'
 import { apiError, mockFetch, tokens } from './helpers'
 
 beforeEach(() => {
@@ -69,6 +70,24 @@ describe('usePagedList', () => {
     await flushPromises()
     expect(result.items.value).toEqual(['new'])
     expect(result.loading.value).toBe(false)
+  })
+
+  it('knows when the server stopped counting', async () => {
+    let exact: boolean | undefined = false
+    const fetchPage = async (): Promise<Page<number>> => ({
+      items: [1],
+      page: 1,
+      per_page: 20,
+      total: 10_000,
+      ...(exact === undefined ? {} : { total_exact: exact }),
+    })
+    const { result } = withSetup(() => usePagedList(fetchPage, ref({})))
+    await flushPromises()
+    expect(result.total.value).toBe(10_000)
+    expect(result.totalExact.value).toBe(false)
+    exact = undefined // an older server without the field: its totals were exact
+    await result.reload()
+    expect(result.totalExact.value).toBe(true)
   })
 
   it('exposes the error message', async () => {
@@ -177,5 +196,26 @@ describe('components', () => {
     await flushPromises()
     expect(router.currentRoute.value.fullPath).toBe('/venues')
     w.unmount()
+  })
+})
+
+describe('ListPager', () => {
+  const mountPager = (exact: boolean | undefined) =>
+    mount(ListPager, {
+      props: { page: 1, perPage: 20, total: 10_000, ...(exact === undefined ? {} : { exact }) },
+      global: { plugins: [setupI18n()] },
+    })
+
+  it('shows a capped total as a lower bound', () => {
+    const w = mountPager(false)
+    expect(w.find('[data-testid="pager-at-least"]').exists()).toBe(true)
+    expect(w.text()).toContain('10000')
+    expect(w.find('.el-pagination__total').exists()).toBe(false)
+  })
+
+  it('shows an exact total as before', () => {
+    const w = mountPager(undefined)
+    expect(w.find('[data-testid="pager-at-least"]').exists()).toBe(false)
+    expect(w.find('.el-pagination__total').exists()).toBe(true)
   })
 })

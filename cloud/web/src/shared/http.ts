@@ -52,7 +52,11 @@ export interface Page<T> {
   items: T[]
   page: number
   per_page: number
+  /** Exact when `total_exact`; otherwise a lower bound: the server stops counting past
+   * 10,000 rows (or the page after the requested one), so big lists stay cheap to page. */
   total: number
+  /** False when more rows match than `total` says (absent from older servers: exact). */
+  total_exact?: boolean
 }
 
 /** Paging and sorting every list endpoint accepts. */

@@ -114,11 +114,20 @@ export const enrollmentApi = {
   revoke: (id: string) => api.delete(`${V1}/enrollment-codes/${seg(id)}`),
 }
 
-/** Total of a filtered list without fetching its rows (per_page=1). */
+/** Total of a filtered list without fetching its rows (per_page=1). A lower bound when the
+ * server stopped counting (past 10,000 rows): see `countWithBound`. */
 export async function countOf<P extends ListParams>(
   list: (p: P) => Promise<Page<unknown>>,
   params: Omit<P, 'page' | 'per_page'>,
 ): Promise<number> {
+  return (await countWithBound(list, params)).n
+}
+
+/** Total of a filtered list and whether it is exact (false: at least `n` match). */
+export async function countWithBound<P extends ListParams>(
+  list: (p: P) => Promise<Page<unknown>>,
+  params: Omit<P, 'page' | 'per_page'>,
+): Promise<{ n: number; exact: boolean }> {
   const page = await list({ ...params, page: 1, per_page: 1 } as P)
-  return page.total
+  return { n: page.total, exact: page.total_exact !== false }
 }

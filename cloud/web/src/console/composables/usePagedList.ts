@@ -21,6 +21,8 @@ export function usePagedList<T, F extends object>(
 ) {
   const items = shallowRef<T[]>([])
   const total = ref(0)
+  // False when the server stopped counting: `total` is then a lower bound.
+  const totalExact = ref(true)
   const page = ref(1)
   const perPage = ref(opts.perPage ?? 20)
   const loading = ref(false)
@@ -39,6 +41,7 @@ export function usePagedList<T, F extends object>(
       }
       items.value = res.items
       total.value = res.total
+      totalExact.value = res.total_exact !== false
       // A delete may leave the current page past the end: step back once.
       if (res.items.length === 0 && res.total > 0 && page.value > 1) {
         page.value = Math.max(1, Math.ceil(res.total / perPage.value))
@@ -80,5 +83,5 @@ export function usePagedList<T, F extends object>(
     void reload()
   }
 
-  return { items, total, page, perPage, loading, error, reload, setPage, setPerPage }
+  return { items, total, totalExact, page, perPage, loading, error, reload, setPage, setPerPage }
 }

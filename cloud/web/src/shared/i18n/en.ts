@@ -37,6 +37,7 @@ const en: typeof zhCN = {
     justNow: 'just now',
     never: 'never',
     total: '{n} in total',
+    totalAtLeast: 'more than {n}',
   },
   validation: {
     required: 'Required',

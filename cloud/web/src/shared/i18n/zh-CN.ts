@@ -36,6 +36,7 @@ export default {
     justNow: '刚刚',
     never: '从未',
     total: '共 {n} 条',
+    totalAtLeast: '超过 {n} 条',
   },
   validation: {
     required: '必填',
