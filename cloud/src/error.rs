@@ -245,6 +245,17 @@ impl From<sqlx::Error> for ApiError {
                 message: "the server is too busy to reach its database right now; try again in a few seconds".into(),
             };
         }
+        // The connection to the database broke (a PostgreSQL restart or failover): the
+        // request itself was fine and a retry gets a fresh connection.
+        if let sqlx::Error::Io(io) = &e {
+            tracing::warn!(error = %io, "database connection lost; answering 503");
+            return ApiError::Unavailable {
+                code: "database_unavailable",
+                message:
+                    "the server lost its connection to the database; try again in a few seconds"
+                        .into(),
+            };
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
@@ -265,6 +276,9 @@ mod tests {
     #[test]
     fn an_exhausted_pool_is_a_503_not_a_500() {
         let r = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let r = ApiError::from(sqlx::Error::Io(io)).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let r = ApiError::from(sqlx::Error::PoolClosed).into_response();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);

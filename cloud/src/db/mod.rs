@@ -75,14 +75,25 @@ impl Db {
         // No liveness ping on every acquire: it doubled the round trips of every query (to
         // SQLite's per-connection worker thread, or to the PostgreSQL server process) and
         // the console-read profile showed those hand-offs as a large share of CPU (issue 5).
-        // A SQLite connection is a file handle that nothing outside can break. After a
-        // PostgreSQL restart each pooled connection fails its next query once (that request
-        // gets a 500) and sqlx then replaces it; idle ones are retired after `idle_timeout`
-        // (10 min) anyway.
+        // A SQLite connection is a file handle that nothing outside can break. A PostgreSQL
+        // connection can die with its server, so one that sat idle for more than a second
+        // is pinged before use (a busy pool, the case that matters for load, never is); a
+        // connection that breaks while busy fails its query with an I/O error, which the
+        // API answers as 503 `database_unavailable` (error.rs), and sqlx replaces it.
         let mut opts = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(false);
+        if backend == Backend::Postgres {
+            opts = opts.before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
