@@ -532,18 +532,7 @@ impl BusHandle {
 
     /// Door, latch and alarm inputs plus the UNLOCK coil.
     pub async fn read_state(&self, addr: u8) -> Result<LockState, BusError> {
-        let bits = self
-            .read_bits(
-                addr,
-                Request::ReadDiscreteInputs {
-                    addr: discrete::DOOR_CLOSED,
-                    count: discrete::COUNT,
-                },
-                Priority::Poll,
-            )
-            .await?;
-        let inputs =
-            LockInputs::from_bits(&bits).map_err(|source| BusError::Register { addr, source })?;
+        let inputs = self.read_inputs(addr).await?;
         let coils = self
             .read_bits(
                 addr,
