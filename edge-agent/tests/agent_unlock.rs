@@ -305,6 +305,16 @@ async fn lan_api_answers_codes_and_rate_limits_per_client() {
         "{out}"
     );
     assert!(out.contains("dmr_agent_outbox_pending "), "{out}");
+    // The poller's rounds, per bus, as the last and the longest.
+    for name in ["last", "max"] {
+        assert!(
+            out.contains(&format!("# TYPE dmr_agent_poll_round_{name}_seconds gauge"))
+                && out.contains(&format!(
+                    "dmr_agent_poll_round_{name}_seconds{{bus=\"0\"}} "
+                )),
+            "{out}"
+        );
+    }
     running.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
 }

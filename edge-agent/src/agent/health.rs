@@ -565,29 +565,27 @@ impl Health {
                 c.latency_count
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP dmr_agent_poll_round_last_seconds The last poll round over a bus's locks.\n# TYPE dmr_agent_poll_round_last_seconds gauge"
-        );
-        for r in &s.poll_rounds {
+        // The last and the longest round per bus: two gauges of the same shape.
+        let gauges = [
+            ("last", "The last poll round over a bus's locks."),
+            (
+                "max",
+                "The longest poll round over a bus's locks since start.",
+            ),
+        ];
+        for (name, help) in gauges {
             let _ = writeln!(
                 o,
-                "dmr_agent_poll_round_last_seconds{{bus=\"{}\"}} {}",
-                r.bus,
-                r.last_ms / 1000.0
+                "# HELP dmr_agent_poll_round_{name}_seconds {help}\n# TYPE dmr_agent_poll_round_{name}_seconds gauge"
             );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP dmr_agent_poll_round_max_seconds The longest poll round over a bus's locks since start.\n# TYPE dmr_agent_poll_round_max_seconds gauge"
-        );
-        for r in &s.poll_rounds {
-            let _ = writeln!(
-                o,
-                "dmr_agent_poll_round_max_seconds{{bus=\"{}\"}} {}",
-                r.bus,
-                r.max_ms / 1000.0
-            );
+            for r in &s.poll_rounds {
+                let _ = writeln!(
+                    o,
+                    "dmr_agent_poll_round_{name}_seconds{{bus=\"{}\"}} {}",
+                    r.bus,
+                    if name == "max" { r.max_ms } else { r.last_ms } / 1000.0
+                );
+            }
         }
         if let Ok(rounds) = self.rounds.lock() {
             let _ = writeln!(
