@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sqlx::Acquire as _;
+use sqlx::{Acquire as _, AnyPool};
 use tokio::sync::watch;
 
 use super::{Actor, Also, Status, dispatch, events, load, money, refunds, transition};
@@ -53,12 +53,11 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
     let pool = &state.db.pool;
 
     // Unpaid past the deadline.
-    let ids: Vec<String> = sqlx::query_scalar(
+    let ids = due(
+        pool,
         "SELECT id FROM orders WHERE status = 'created' AND pay_deadline_at < $1 LIMIT $2",
+        now,
     )
-    .bind(now)
-    .bind(BATCH)
-    .fetch_all(pool)
     .await?;
     for id in ids {
         let mut conn = pool.acquire().await?;
@@ -103,12 +102,11 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
     }
 
     // No unlock result in time.
-    let ids: Vec<String> = sqlx::query_scalar(
+    let ids = due(
+        pool,
         "SELECT id FROM orders WHERE status = 'unlocking' AND unlock_deadline_at < $1 LIMIT $2",
+        now,
     )
-    .bind(now)
-    .bind(BATCH)
-    .fetch_all(pool)
     .await?;
     for id in ids {
         let mut conn = pool.acquire().await?;
@@ -133,13 +131,12 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
     // Opened, but no door cycle seen by the end of the paid time (+ grace): complete it, saying
     // why in the transition, so the lock is free again. The customer had the door opened, so
     // this is not a refund case; the missing door events stay visible in the history.
-    let ids: Vec<String> = sqlx::query_scalar(
+    let ids = due(
+        pool,
         "SELECT id FROM orders WHERE status = 'unlocked' \
          AND unlocked_at + duration_minutes * 60000 < $1 LIMIT $2",
+        now - DOOR_GRACE_MS,
     )
-    .bind(now - DOOR_GRACE_MS)
-    .bind(BATCH)
-    .fetch_all(pool)
     .await?;
     for id in ids {
         let mut conn = pool.acquire().await?;
@@ -162,12 +159,12 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
     }
 
     // Paid but never dispatched.
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM orders WHERE status = 'paid' AND paid_at < $1 LIMIT $2")
-            .bind(now - STUCK_PAID_MS)
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await?;
+    let ids = due(
+        pool,
+        "SELECT id FROM orders WHERE status = 'paid' AND paid_at < $1 LIMIT $2",
+        now - STUCK_PAID_MS,
+    )
+    .await?;
     for id in ids {
         dispatch::dispatch_unlock(state, &id).await;
         round.redispatched += 1;
@@ -208,6 +205,18 @@ pub async fn run_once(state: &AppState, now: i64) -> Result<Round, ApiError> {
         }
     }
     Ok(round)
+}
+
+/// Ids of the orders a step is due for: `sql` selects `id` with `$1` the cutoff time and `$2`
+/// the batch size (the rest wait for the next round). Each step then moves each order in a
+/// transaction of its own with a conditional update, so an order that moved on since it was
+/// selected (a late notification, another instance) is left alone.
+async fn due(pool: &AnyPool, sql: &'static str, cutoff: i64) -> Result<Vec<String>, ApiError> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(cutoff)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// The reconciler: asks the provider about pending payments whose notification is late,
