@@ -1,6 +1,8 @@
 //! Periodic housekeeping, run under a database lease so that with N instances sharing a
 //! database each round runs on one of them only. Today that is purging spent refresh
-//! tokens and stale login counters (and refreshing SQLite's planner statistics); order expiry and settlement will join it.
+//! tokens and stale login counters, forgetting WeChat sign-in states nobody came back with and
+//! openid bindings past their lifetime, and refreshing SQLite's planner statistics. The order
+//! jobs (expiry, unlock timeouts, settlement) live in `crate::orders::jobs`.
 
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ const KEEP_THROTTLE_MS: i64 = 24 * 3600 * 1000;
 pub struct Cleaned {
     pub refresh_tokens: u64,
     pub throttle_rows: u64,
+    pub oauth_states: u64,
+    pub openid_bindings: u64,
 }
 
 /// One cleanup round, no lease (the caller holds it).
@@ -38,6 +42,20 @@ pub async fn cleanup_once(db: &Db, now: i64) -> anyhow::Result<Cleaned> {
             .await
             .context("purging stale login counters")?
             .rows_affected();
+    // The sign-in page also drops expired states when it hands out a new one; a quiet
+    // server still needs them gone.
+    let oauth_states = sqlx::query("DELETE FROM wechat_oauth_states WHERE expires_at < $1")
+        .bind(now)
+        .execute(&db.pool)
+        .await
+        .context("purging expired WeChat sign-in states")?
+        .rows_affected();
+    let openid_bindings = sqlx::query("DELETE FROM wechat_openids WHERE bound_at < $1")
+        .bind(now.saturating_sub(crate::orders::wechat_oauth::BINDING_TTL_MS))
+        .execute(&db.pool)
+        .await
+        .context("purging expired WeChat openid bindings")?
+        .rows_affected();
     if db.backend == crate::db::Backend::Sqlite {
         // SQLite has no autovacuum/autoanalyze; without fresh statistics its planner can
         // pick a table scan over a tenant index once tables grow.
@@ -49,6 +67,8 @@ pub async fn cleanup_once(db: &Db, now: i64) -> anyhow::Result<Cleaned> {
     Ok(Cleaned {
         refresh_tokens,
         throttle_rows,
+        oauth_states,
+        openid_bindings,
     })
 }
 

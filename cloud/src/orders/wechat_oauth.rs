@@ -14,7 +14,9 @@
 //! lock page, and creating a WeChat order from that session uses the bound openid.
 //!
 //! Pending states live in `wechat_oauth_states` and bindings in `wechat_openids` (migration
-//! 0011); only hashes of the state and of the session are stored, never the values.
+//! 0011); only hashes of the state and of the session are stored, never the values. A binding
+//! is used for [`BINDING_TTL_MS`] after it was made; the cleanup job (`crate::jobs`) deletes
+//! older ones and states nobody came back with.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,6 +38,10 @@ use crate::http::extract::{ApiQuery, RawJson};
 pub const AUTHORIZE_URL: &str = "https://open.weixin.qq.com/connect/oauth2/authorize";
 /// How long an authorize URL may take to come back.
 pub const STATE_TTL_MS: i64 = 10 * 60_000;
+/// How long an openid stays bound to a device session. A payer's openid is personal data we
+/// need only while they keep paying from that phone; after this the page signs in once more
+/// (one silent `snsapi_base` round trip inside WeChat), and the cleanup job deletes the row.
+pub const BINDING_TTL_MS: i64 = 30 * 24 * 3_600_000;
 
 fn oauth(state: &AppState) -> Result<&WechatOAuthConfig, ApiError> {
     state
@@ -344,12 +350,13 @@ pub async fn callback(
 
 /// The openid bound to a device session by the OAuth step, if any.
 pub async fn bound_openid(state: &AppState, session: &str) -> Result<Option<String>, ApiError> {
-    Ok(
-        sqlx::query_scalar("SELECT openid FROM wechat_openids WHERE session_hash = $1")
-            .bind(hash_key(session))
-            .fetch_optional(&state.db.pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT openid FROM wechat_openids WHERE session_hash = $1 AND bound_at >= $2",
     )
+    .bind(hash_key(session))
+    .bind(now_ms().saturating_sub(BINDING_TTL_MS))
+    .fetch_optional(&state.db.pool)
+    .await?)
 }
 
 #[derive(Debug, Serialize)]

@@ -145,8 +145,28 @@ mod cleanup {
                 sqlx::query("INSERT INTO login_throttle (subject, failures, window_started_at, locked_until, updated_at) VALUES ($1, 1, 0, $2, $3)")
                     .bind(subject).bind(locked).bind(updated).execute(&db.pool).await.unwrap();
             }
+            for (state, expires) in [("gone", now - 1), ("pending", now + 60_000)] {
+                sqlx::query("INSERT INTO wechat_oauth_states (state_hash, session_hash, qr_code, expires_at, created_at) VALUES ($1, 's', 'q', $2, 0)")
+                    .bind(state).bind(expires).execute(&db.pool).await.unwrap();
+            }
+            for (session, bound) in [("lapsed", now - 31 * day), ("current", now - 29 * day)] {
+                sqlx::query("INSERT INTO wechat_openids (session_hash, openid, bound_at) VALUES ($1, 'o', $2)")
+                    .bind(session).bind(bound).execute(&db.pool).await.unwrap();
+            }
             let cleaned = cleanup_once(&db, now).await.unwrap();
             assert_eq!((cleaned.refresh_tokens, cleaned.throttle_rows), (1, 1));
+            assert_eq!((cleaned.oauth_states, cleaned.openid_bindings), (1, 1));
+            let left: Vec<String> =
+                sqlx::query_scalar("SELECT state_hash FROM wechat_oauth_states")
+                    .fetch_all(&db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(left, vec!["pending".to_string()]);
+            let left: Vec<String> = sqlx::query_scalar("SELECT session_hash FROM wechat_openids")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(left, vec!["current".to_string()], "a binding lives 30 days");
             let left: Vec<String> = sqlx::query_scalar("SELECT id FROM refresh_tokens ORDER BY id")
                 .fetch_all(&db.pool)
                 .await

@@ -303,6 +303,14 @@ mod scenarios {
         assert!(b["payment"]["jsapi"].is_null());
         assert_eq!(pay.hits("/v3/pay/transactions/jsapi").len(), 1);
 
+        // A binding lapses after 30 days: the page then signs in again.
+        sqlx::query("UPDATE wechat_openids SET bound_at = bound_at - $1")
+            .bind(dmr_cloud::orders::wechat_oauth::BINDING_TTL_MS + 1)
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(identity(&app, session).await["bound"], false);
+
         // A server without the app secret offers no sign-in.
         let (plain, _, _, _) = spawn(kind, false).await;
         let w2 = seed_world(&plain).await;
