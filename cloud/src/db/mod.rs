@@ -8,7 +8,6 @@
 pub mod lease;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -43,47 +42,6 @@ impl Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
-    /// SQLite only: the in-process queue of writers (see [`Db::begin_write`]).
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// A write transaction from [`Db::begin_write`]: the transaction itself (deref to it) and,
-/// on SQLite, this process's turn at the write lock, released after the transaction ends
-/// (fields drop in order: the transaction first, then the turn).
-pub struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl std::fmt::Debug for WriteTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteTx")
-            .field("gated", &self._turn.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::AnyConnection;
-    fn deref(&self) -> &sqlx::AnyConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.tx
-    }
 }
 
 /// The embedded migrations (see `build.rs` for why edits to them trigger a rebuild).
@@ -159,44 +117,7 @@ impl Db {
             .connect(&url)
             .await
             .with_context(|| format!("cannot open the {backend:?} database"))?;
-        // MEASUREMENT ONLY (flowpay, to be removed): DMR_SQLITE_WRITE_GATE=off disables the gate.
-        let gate_on = std::env::var("DMR_SQLITE_WRITE_GATE").as_deref() != Ok("off");
-        let write_gate =
-            (backend == Backend::Sqlite && gate_on).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Ok(Db {
-            pool,
-            backend,
-            write_gate,
-        })
-    }
-
-    /// A transaction that will write. SQLite has one write lock per file, and a writer that
-    /// finds it taken sleeps in SQLite's busy handler (1 to 100 ms between looks) instead of
-    /// queueing: under load the order flow's writers spent most of their latency asleep.
-    /// So on SQLite the writers of this process queue first, in arrival order, on an async
-    /// gate (tokio's mutex is fair), and only the one at the head takes a pooled connection
-    /// and starts `BEGIN IMMEDIATE` (the write lock at once: a deferred transaction that
-    /// upgrades later can fail with SQLITE_BUSY_SNAPSHOT without waiting). Writers outside
-    /// the gate (other processes, the jobs) still meet the busy handler as before.
-    /// On PostgreSQL this is the ordinary `BEGIN` on a pooled connection: row locks, no gate.
-    ///
-    /// Deadlock rules: the gate is taken before the connection, never while holding one,
-    /// and a task must not call this while it holds a `WriteTx` (the gate is not reentrant).
-    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        match &self.write_gate {
-            Some(gate) => {
-                let turn = gate.clone().lock_owned().await;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTx {
-                    tx,
-                    _turn: Some(turn),
-                })
-            }
-            None => Ok(WriteTx {
-                tx: self.pool.begin().await?,
-                _turn: None,
-            }),
-        }
+        Ok(Db { pool, backend })
     }
 
     /// Applies every embedded migration that has not run yet.
@@ -272,56 +193,6 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// SQLite writers get the write lock in the order they asked for it, without SQLITE_BUSY
-    /// and without holding more connections than the pool has: a first writer holds its
-    /// turn while others arrive one by one (more writers than connections); each commits
-    /// its arrival number, and the rows come out in arrival order. Through SQLite's busy
-    /// handler instead, whoever looks first after a commit wins (the late arrivals, who
-    /// sleep the shortest), so the order would be scrambled.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_writers_queue_in_arrival_order() {
-        let dir = std::env::temp_dir().join(format!("dmr-gate-{}", new_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite:{}", dir.join("t.db").display());
-        let db = Db::connect(&url, 4).await.unwrap();
-        sqlx::query("CREATE TABLE arrivals (seq INTEGER PRIMARY KEY AUTOINCREMENT, n BIGINT)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        let first = db.begin_write().await.unwrap();
-        let mut tasks = Vec::new();
-        for n in 0..12_i64 {
-            let db = db.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tx = db.begin_write().await.unwrap();
-                sqlx::query("INSERT INTO arrivals (n) VALUES ($1)")
-                    .bind(n)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-            }));
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        // Readers are never queued behind the writers.
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM arrivals")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(count, 0);
-        first.commit().await.unwrap();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let order: Vec<i64> = sqlx::query_scalar("SELECT n FROM arrivals ORDER BY seq")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(order, (0..12).collect::<Vec<_>>());
-        db.pool.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn embedded_migrations_are_the_files_on_disk() {

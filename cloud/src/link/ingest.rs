@@ -343,7 +343,7 @@ impl Ingest {
         }
         entries.extend(reread);
         let received_at = now_ms();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.pool.begin().await?;
         let (outcomes, applied_kinds) =
             apply_all(&mut tx, via, items, &entries, &verified, received_at).await?;
         tx.commit().await?;

@@ -14,6 +14,12 @@
 //! deadline) before the command is sent, so a crash in between is covered by the unlock
 //! timeout, and a second dispatcher racing on the same order loses the transition and sends
 //! nothing.
+//!
+//! Two callers: the payment notification (the usual path) plans the unlock with
+//! [`plan_unlock`] before its transaction (signing is CPU: kept out of the write lock) and
+//! then, in its own transaction, moves the order `created` → `paid` → `unlocking` and
+//! records the `gateway_commands` row, publishing only after the commit. The stuck-`paid`
+//! job ([`dispatch_unlock`]) does the same from `paid`, in a transaction of its own.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -354,11 +360,12 @@ async fn try_dispatch(state: &AppState, order_id: &str) -> Result<(), ApiError> 
     .bind(order.gateway_id.clone())
     .fetch_optional(&mut *conn)
     .await?;
-    // Back to the pool before the write turn (never wait for it holding a connection).
+    // Back to the pool before signing and the transaction (held idle meanwhile, it would
+    // starve the pool under load).
     drop(conn);
     let plan = plan_for(state, &order, gateway).await?;
     let now = now_ms();
-    let mut tx = state.db.begin_write().await?;
+    let mut tx = state.db.pool.begin().await?;
     let won = transition(
         &mut tx,
         order_id,

@@ -434,7 +434,7 @@ pub async fn create(
     let out_trade_no = payment_id.replace('-', "");
     let key = state.orders.access_key(&order_id);
     let deadline = now + state.orders.config.pay_timeout_ms;
-    let mut tx = state.db.begin_write().await?;
+    let mut tx = state.db.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO orders (id, merchant_id, venue_id, lock_id, gateway_id, plan_id, plan_name, \
          duration_minutes, amount_fen, status, active_lock_id, device_session, idempotency_key, \
@@ -459,7 +459,7 @@ pub async fn create(
     .execute(&mut *tx)
     .await;
     if let Err(e) = inserted {
-        // Ended now (not on drop) so the write turn is free before the look-up below.
+        // Ended now (not on drop) so the connection is clean before the look-up below.
         let _ = tx.rollback().await;
         // A repeat of this Idempotency-Key (a double tap, or its twin that committed first)
         // also holds the lock, so either unique key may be the one reported: look first.

@@ -7,6 +7,10 @@
 //! provider's notification id commit in ONE transaction. Only after that commit is it
 //! answered 2xx, so a crash before the answer makes the provider redeliver, and the
 //! redelivery finds the notification row and changes nothing (but is answered 2xx).
+//! A first payment for a waiting order carries the unlock in the same transaction (token
+//! signed and command built before it, see `orders::dispatch::plan_unlock`): the order goes
+//! `created` → `paid` → `unlocking` and the command row is written; the command is published
+//! after the commit (a crash in between leaves it to the unlock timeout).
 //! Failures are the usual API error body, except for `wechatpay`, which gets the body WeChat
 //! Pay reads, `{"code":"FAIL","message":...}`, with the same status.
 
@@ -245,10 +249,11 @@ pub async fn apply(
             payment = Some(t.payment);
         }
     }
-    let mut tx = state.db.begin_write().await?;
+    let mut tx = state.db.pool.begin().await?;
     let now = now_ms();
-    // The dedupe row goes first: on PostgreSQL a concurrent twin blocks on the unique key
-    // until we commit, then inserts nothing (on SQLite the write turn already serializes).
+    // The dedupe row goes first: it is a write, so on SQLite the transaction takes the
+    // write lock at once (a concurrent twin waits instead of failing), and on PostgreSQL a
+    // twin blocks on the unique key until we commit, then inserts nothing.
     let inserted = sqlx::query(
         "INSERT INTO payment_notifications (id, provider, notification_id, kind, outcome, received_at, payment_id) \
          VALUES ($1, $2, $3, $4, 'applied', $5, $6) ON CONFLICT (provider, notification_id) DO NOTHING",
