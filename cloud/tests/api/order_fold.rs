@@ -9,6 +9,7 @@ use crate::on_every_backend;
 on_every_backend!(
     crash_between_commit_and_publish_is_covered_by_the_unlock_timeout,
     concurrent_double_tap_creates_one_order,
+    unsigned_payment_stops_at_paid_and_the_stuck_paid_job_dispatches,
 );
 
 mod scenarios {
@@ -36,11 +37,40 @@ mod scenarios {
         /// (command id, its row's status as seen from another connection at publish time).
         published: Mutex<Vec<(Uuid, Option<String>)>>,
         sends: Mutex<usize>,
+        /// While set, signing fails (the key ring unavailable, say).
+        sign_fails: std::sync::atomic::AtomicBool,
+    }
+
+    impl DiesBeforePublish {
+        fn new(app: &TestApp) -> Arc<DiesBeforePublish> {
+            Arc::new(DiesBeforePublish {
+                key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
+                commands: app.state.commands.clone(),
+                db: app.state.db.clone(),
+                published: Mutex::new(Vec::new()),
+                sends: Mutex::new(0),
+                sign_fails: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
+    }
+
+    async fn enroll(app: &TestApp, gateway_id: &str) {
+        sqlx::query("UPDATE gateways SET status = 'enrolled' WHERE id = $1")
+            .bind(gateway_id.to_string())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
     }
 
     impl UnlockDispatcher for DiesBeforePublish {
         fn sign(&self, mut claims: TokenClaims) -> DispatchFut<'_, UnlockToken> {
             Box::pin(async move {
+                if self.sign_fails.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(dmr_cloud::error::ApiError::Unavailable {
+                        code: "keys_unavailable",
+                        message: "no signing key".into(),
+                    });
+                }
                 claims.key_id = 9;
                 Ok(claims.sign(&self.key).unwrap())
             })
@@ -92,18 +122,8 @@ mod scenarios {
     pub async fn crash_between_commit_and_publish_is_covered_by_the_unlock_timeout(kind: &DbKind) {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
-        sqlx::query("UPDATE gateways SET status = 'enrolled' WHERE id = $1")
-            .bind(w.a.gateway_id.clone())
-            .execute(&app.state.db.pool)
-            .await
-            .unwrap();
-        let d = Arc::new(DiesBeforePublish {
-            key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
-            commands: app.state.commands.clone(),
-            db: app.state.db.clone(),
-            published: Mutex::new(Vec::new()),
-            sends: Mutex::new(0),
-        });
+        enroll(&app, &w.a.gateway_id).await;
+        let d = DiesBeforePublish::new(&app);
         app.state.orders.set_dispatcher(d.clone());
         let (id, _key, payment_id) = new_order(&app, &w.a).await;
         assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
@@ -222,6 +242,68 @@ mod scenarios {
         // A different key for the taken lock is told the lock is busy.
         let (s, _) = create_order(&app, &qr, &plan, "session-twin-1", "tap-twin-0002").await;
         assert_eq!(s, StatusCode::CONFLICT);
+        app.stop().await;
+    }
+
+    pub async fn unsigned_payment_stops_at_paid_and_the_stuck_paid_job_dispatches(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        enroll(&app, &w.a.gateway_id).await;
+        let d = DiesBeforePublish::new(&app);
+        d.sign_fails
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        app.state.orders.set_dispatcher(d.clone());
+        let (id, _key, payment_id) = new_order(&app, &w.a).await;
+        // The payment is applied (and answered 2xx) even though no token can be signed.
+        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        assert_eq!(order_status(&app, &id).await, "paid");
+        assert_eq!(ledger_count(&app, &id, "payment").await, 1);
+        assert!(d.published.lock().unwrap().is_empty());
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM gateway_commands WHERE lock_id IS NULL AND gateway_id = $1",
+                &w.a.gateway_id
+            )
+            .await,
+            0
+        );
+        // Signing works again: the stuck-paid job dispatches, recording the command in the
+        // transition's transaction and publishing after it.
+        d.sign_fails
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = run_once(&app.state, now_ms() + 6_000).await.unwrap();
+        assert_eq!(r.redispatched, 1);
+        assert_eq!(order_status(&app, &id).await, "unlocking");
+        let cmd_id: String =
+            sqlx::query_scalar("SELECT unlock_command_id FROM orders WHERE id = $1")
+                .bind(id.clone())
+                .fetch_one(&app.state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            d.published.lock().unwrap().clone(),
+            vec![(Uuid::try_parse(&cmd_id).unwrap(), Some("sent".to_string()))]
+        );
+        let history: Vec<(String, String)> = sqlx::query_as(
+            "SELECT to_status, actor FROM order_transitions WHERE order_id = $1 ORDER BY at, id",
+        )
+        .bind(id.clone())
+        .fetch_all(&app.state.db.pool)
+        .await
+        .unwrap();
+        let history: Vec<(&str, &str)> = history
+            .iter()
+            .map(|(t, a)| (t.as_str(), a.as_str()))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                ("created", "payer"),
+                ("paid", "provider:sandbox"),
+                ("unlocking", "system")
+            ]
+        );
         app.stop().await;
     }
 }
