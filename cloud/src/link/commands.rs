@@ -62,6 +62,50 @@ pub struct CommandMeta {
     pub created_by: Option<String>,
 }
 
+/// A signed command not yet recorded nor published (see [`Commands::prepare`]).
+#[derive(Debug)]
+pub struct PreparedCommand {
+    id: Uuid,
+    gw: Uuid,
+    merchant_id: String,
+    lock_id: Option<Uuid>,
+    created_by: Option<String>,
+    op: &'static str,
+    body: String,
+    key_id: i64,
+    exp_ms: i64,
+    created_at: i64,
+    jws: String,
+}
+
+impl PreparedCommand {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Writes the `gateway_commands` row on `conn` (the caller's transaction).
+    pub async fn record(&self, conn: &mut AnyConnection) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO gateway_commands (id, gateway_id, merchant_id, lock_id, op, body, key_id, \
+             exp_ms, status, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sent', $9, $10)",
+        )
+        .bind(self.id.to_string())
+        .bind(self.gw.to_string())
+        .bind(self.merchant_id.clone())
+        .bind(self.lock_id.map(|l| l.to_string()))
+        .bind(self.op)
+        .bind(self.body.clone())
+        .bind(self.key_id)
+        .bind(self.exp_ms)
+        .bind(self.created_by.clone())
+        .bind(self.created_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Sends commands; in `AppState` as `Arc<Commands>`.
 #[derive(Debug)]
 pub struct Commands {
@@ -122,9 +166,36 @@ impl Commands {
         let Some((merchant_id, status)) = row else {
             return Err(ApiError::NotFound);
         };
-        if status != "enrolled" {
+        let prepared = self
+            .prepare(id, gw, merchant_id, &status, cmd, ttl, meta)
+            .await?;
+        let mut conn = self.db.pool.acquire().await?;
+        prepared.record(&mut conn).await?;
+        drop(conn);
+        self.publish(prepared).await
+    }
+
+    /// The first half of a send for a caller that records the command in its own
+    /// transaction (the payment notification does, with the order's move to `unlocking`):
+    /// checks the gateway (its merchant and status as the caller read them, `None` if it
+    /// has no row) and signs the envelope, all before any write lock is taken. Then
+    /// [`PreparedCommand::record`] inside the transaction, and [`Commands::publish`] only
+    /// after it committed, so an ack can never name a command the database does not know.
+    // One argument per part of a command; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn prepare(
+        &self,
+        id: Uuid,
+        gw: Uuid,
+        merchant_id: String,
+        gateway_status: &str,
+        cmd: Command,
+        ttl: Duration,
+        meta: CommandMeta,
+    ) -> Result<PreparedCommand, ApiError> {
+        if gateway_status != "enrolled" {
             return Err(ApiError::Conflict(format!(
-                "gateway {gw} is {status}, not enrolled; enroll it before sending commands"
+                "gateway {gw} is {gateway_status}, not enrolled; enroll it before sending commands"
             )));
         }
         let signer = self.keys.signer().await?;
@@ -132,33 +203,33 @@ impl Commands {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
         let exp_ms = now.saturating_add(ttl_ms);
         let op = cmd.op();
-        let body = stored_body(&cmd);
+        let body = stored_body(&cmd).to_string();
         let mut env = Envelope::new(id, gw, u64::try_from(now).unwrap_or(0), Message::Cmd(cmd));
         env.exp_ms = Some(u64::try_from(exp_ms).unwrap_or(0));
         let jws = signer.sign_message(&env);
-        sqlx::query(
-            "INSERT INTO gateway_commands (id, gateway_id, merchant_id, lock_id, op, body, key_id, \
-             exp_ms, status, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sent', $9, $10)",
-        )
-        .bind(id.to_string())
-        .bind(gw.to_string())
-        .bind(merchant_id)
-        .bind(meta.lock_id.map(|l| l.to_string()))
-        .bind(op)
-        .bind(body.to_string())
-        .bind(i64::from(signer.key_id))
-        .bind(exp_ms)
-        .bind(meta.created_by)
-        .bind(now)
-        .execute(&self.db.pool)
-        .await?;
-        if let Err(e) = self.link.publish(topic(gw, TopicKind::Cmd), jws).await {
-            // Never published: expire it at once so it does not look pending.
+        Ok(PreparedCommand {
+            id,
+            gw,
+            merchant_id,
+            lock_id: meta.lock_id,
+            created_by: meta.created_by,
+            op,
+            body,
+            key_id: i64::from(signer.key_id),
+            exp_ms,
+            created_at: now,
+            jws,
+        })
+    }
+
+    /// Publishes a command whose row has committed. A publish that fails marks the row
+    /// `expired` / `not_sent` at once so it does not look pending.
+    pub async fn publish(&self, p: PreparedCommand) -> Result<(), ApiError> {
+        if let Err(e) = self.link.publish(topic(p.gw, TopicKind::Cmd), p.jws).await {
             let _ = sqlx::query(
                 "UPDATE gateway_commands SET status = 'expired', result = 'not_sent' WHERE id = $1",
             )
-            .bind(id.to_string())
+            .bind(p.id.to_string())
             .execute(&self.db.pool)
             .await;
             return Err(e);
@@ -167,9 +238,9 @@ impl Commands {
             .sent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(op)
+            .entry(p.op)
             .or_default() += 1;
-        tracing::info!(gateway = %gw, cmd = %id, op, "command sent");
+        tracing::info!(gateway = %p.gw, cmd = %p.id, op = p.op, "command sent");
         Ok(())
     }
 

@@ -277,6 +277,74 @@ pub async fn transition(
     Ok(won)
 }
 
+/// `created` → `paid` → `unlocking` at once, for a payment notification that brings the
+/// signed token with it: one conditional `UPDATE .. WHERE id = $1 AND status = 'created'`
+/// sets both stamps and `also`, and both transitions are recorded (one two-row insert, each
+/// with its own actor and reason, in order). Returns whether this caller won; a loser
+/// changed nothing. Must run inside the caller's transaction.
+pub async fn pay_and_start_unlock(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    paid: (&Actor, &str),
+    unlocking: (&Actor, &str),
+    now: i64,
+    also: Also,
+) -> Result<bool, ApiError> {
+    let mut q = crate::http::list::Sql::new("UPDATE orders SET status = ");
+    q.bind_text(Status::Unlocking.as_str())
+        .push(", updated_at = ")
+        .bind_int(now)
+        .push(", paid_at = ")
+        .bind_int(now)
+        .push(", unlocking_at = ")
+        .bind_int(now);
+    for (col, v) in also.text {
+        match v {
+            Some(v) => q.push(&format!(", {col} = ")).bind_text(v),
+            None => q.push(&format!(", {col} = NULL")),
+        };
+    }
+    for (col, v) in also.int {
+        match v {
+            Some(v) => q.push(&format!(", {col} = ")).bind_int(v),
+            None => q.push(&format!(", {col} = NULL")),
+        };
+    }
+    q.push(" WHERE id = ")
+        .bind_text(order_id)
+        .push(" AND status = ")
+        .bind_text(Status::Created.as_str());
+    let won = q.query().execute(&mut *conn).await?.rows_affected() == 1;
+    if won {
+        for to in [Status::Paid, Status::Unlocking] {
+            if let Some(i) = Status::ALL.iter().position(|s| *s == to) {
+                TRANSITIONS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        // Ids are v7 and taken in this order, so the two rows list created→paid first
+        // even though they share the millisecond.
+        let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        sqlx::query(
+            "INSERT INTO order_transitions (id, order_id, from_status, to_status, actor, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7), ($8, $2, $4, $9, $10, $11, $7)",
+        )
+        .bind(first.to_string())
+        .bind(order_id.to_string())
+        .bind(Status::Created.as_str())
+        .bind(Status::Paid.as_str())
+        .bind(paid.0.label())
+        .bind(paid.1.to_string())
+        .bind(now)
+        .bind(second.to_string())
+        .bind(Status::Unlocking.as_str())
+        .bind(unlocking.0.label())
+        .bind(unlocking.1.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(won)
+}
+
 /// A fully refunded order's unlock token must not open the door any more (the person may
 /// still hold it as an offline QR code). Its id goes on the gateway's revocation list in the
 /// same transaction as the `refunding` transition; the gateway receives the list with its

@@ -18,7 +18,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::{Deserialize, Serialize};
-use sqlx::Acquire as _;
 use subtle::ConstantTimeEq as _;
 
 use super::{Actor, OrderRow, Status, hash_key, record_transition};
@@ -54,6 +53,25 @@ pub struct PublicLock {
     pub providers: Vec<String>,
     /// Whether the page can run WeChat sign-in (OAuth) to pay by JSAPI inside WeChat.
     pub wechat_oauth: bool,
+}
+
+/// [`LockInfo`] with the chosen plan, if it is one of the lock's (create's one read).
+#[derive(Debug, sqlx::FromRow)]
+struct LockAndPlan {
+    #[sqlx(flatten)]
+    lock: LockInfo,
+    plan_id: Option<String>,
+    plan_name: Option<String>,
+    duration_minutes: Option<i64>,
+    price_fen: Option<i64>,
+}
+
+#[derive(Debug)]
+struct PlanPick {
+    id: String,
+    name: String,
+    duration_minutes: i64,
+    price_fen: i64,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -360,17 +378,38 @@ pub async fn create(
     if input.qr_code.is_empty() || check_qr(&input.qr_code).is_err() {
         return Err(ApiError::validation("qr_code", "no such lock"));
     }
-    let lock = lock_by_qr(&state, &input.qr_code)
-        .await?
-        .ok_or_else(|| ApiError::validation("qr_code", "no such lock"))?;
+    // The lock, its venue and the chosen plan in one read.
+    let found = sqlx::query_as::<_, LockAndPlan>(
+        "SELECT l.id, l.name, l.qr_code, l.status, v.name AS venue_name, v.address AS venue_address, \
+         l.merchant_id, l.venue_id, l.gateway_id, p.id AS plan_id, p.name AS plan_name, \
+         p.duration_minutes, p.price_fen \
+         FROM locks l JOIN venues v ON v.id = l.venue_id \
+         LEFT JOIN price_plans p ON p.lock_id = l.id AND p.id = $2 AND p.deleted_at IS NULL \
+         WHERE l.qr_code = $1 AND l.deleted_at IS NULL",
+    )
+    .bind(input.qr_code.clone())
+    .bind(input.plan_id.clone())
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::validation("qr_code", "no such lock"))?;
+    let lock = found.lock;
     if lock.status == "disabled" {
         return Err(ApiError::Conflict("this lock is out of service".into()));
     }
-    let plans = crate::locks::store::plans_of(&state.db, std::slice::from_ref(&lock.id)).await?;
-    let plan = plans
-        .into_iter()
-        .find(|p| p.id == input.plan_id)
-        .ok_or_else(|| ApiError::validation("plan_id", "not a plan of this lock"))?;
+    let plan = match (
+        found.plan_id,
+        found.plan_name,
+        found.duration_minutes,
+        found.price_fen,
+    ) {
+        (Some(id), Some(name), Some(duration_minutes), Some(price_fen)) => PlanPick {
+            id,
+            name,
+            duration_minutes,
+            price_fen,
+        },
+        _ => return Err(ApiError::validation("plan_id", "not a plan of this lock")),
+    };
     // Without the headers there is no double-tap protection and no "my orders"; the page
     // should send both (see h5/api.ts).
     let session = session.unwrap_or_else(|| format!("anon-{}", new_id()));
@@ -381,10 +420,9 @@ pub async fn create(
     if provider_name == "wechatpay" && input.openid.is_none() {
         input.openid = super::wechat_oauth::bound_openid(&state, &session).await?;
     }
-    if let Some(o) = existing(&state, &session, &idem).await? {
-        return replay(&state, o, &lock.id, &plan.id, input.openid).await;
-    }
-    // Read with the lock above: one round trip fewer on the path every payer waits on.
+    // No look for an earlier order under this Idempotency-Key first: a repeat fails the
+    // insert below on the unique key, and that path looks it up (one read fewer for every
+    // payer, one more only for a double tap).
     let (merchant_id, venue_id, gateway_id) = (
         lock.merchant_id.clone(),
         lock.venue_id.clone(),
@@ -396,8 +434,7 @@ pub async fn create(
     let out_trade_no = payment_id.replace('-', "");
     let key = state.orders.access_key(&order_id);
     let deadline = now + state.orders.config.pay_timeout_ms;
-    let mut conn = state.db.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = state.db.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO orders (id, merchant_id, venue_id, lock_id, gateway_id, plan_id, plan_name, \
          duration_minutes, amount_fen, status, active_lock_id, device_session, idempotency_key, \
@@ -422,12 +459,14 @@ pub async fn create(
     .execute(&mut *tx)
     .await;
     if let Err(e) = inserted {
-        drop(tx);
-        if is_unique_violation(&e, "idempotency") {
-            // The twin of a double tap committed first: answer with its order.
-            if let Some(o) = existing(&state, &session, &idem).await? {
-                return replay(&state, o, &lock.id, &plan.id, input.openid).await;
-            }
+        // Ended now (not on drop) so the connection is clean before the look-up below.
+        let _ = tx.rollback().await;
+        // A repeat of this Idempotency-Key (a double tap, or its twin that committed first)
+        // also holds the lock, so either unique key may be the one reported: look first.
+        if (is_unique_violation(&e, "idempotency") || is_unique_violation(&e, "active_lock"))
+            && let Some(o) = existing(&state, &session, &idem).await?
+        {
+            return replay(&state, o, &lock.id, &plan.id, input.openid).await;
         }
         if is_unique_violation(&e, "active_lock") {
             return Err(ApiError::Conflict(
@@ -443,7 +482,7 @@ pub async fn create(
     .bind(payment_id.clone())
     .bind(order_id.clone())
     .bind(merchant_id)
-    .bind(provider_name)
+    .bind(provider_name.clone())
     .bind(out_trade_no.clone())
     .bind(plan.price_fen)
     .bind(now)
@@ -459,13 +498,36 @@ pub async fn create(
         now,
     )
     .await?;
-    // Read back inside the transaction (the row as stored), and the names and payment from
-    // what was just written instead of three more queries.
-    let o = super::load(&mut tx, &order_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
     tx.commit().await?;
-    drop(conn);
+    // The row as just written (no read back: every column is known here).
+    let o = OrderRow {
+        id: order_id,
+        merchant_id: lock.merchant_id.clone(),
+        venue_id: lock.venue_id.clone(),
+        lock_id: lock.id.clone(),
+        gateway_id: lock.gateway_id.clone(),
+        plan_id: plan.id,
+        plan_name: plan.name,
+        duration_minutes: plan.duration_minutes,
+        amount_fen: plan.price_fen,
+        refunded_fen: 0,
+        status: Status::Created.as_str().to_string(),
+        provider: provider_name,
+        pay_deadline_at: deadline,
+        unlock_deadline_at: None,
+        token_id: None,
+        token_not_after: None,
+        unlock_command_id: None,
+        door_opened_at: None,
+        review_reason: None,
+        created_at: now,
+        paid_at: None,
+        unlocking_at: None,
+        unlocked_at: None,
+        completed_at: None,
+        ended_at: None,
+        updated_at: now,
+    };
     let n = Names {
         lock_name: lock.name.clone(),
         venue_name: lock.venue_name.clone(),

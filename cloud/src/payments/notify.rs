@@ -7,6 +7,10 @@
 //! provider's notification id commit in ONE transaction. Only after that commit is it
 //! answered 2xx, so a crash before the answer makes the provider redeliver, and the
 //! redelivery finds the notification row and changes nothing (but is answered 2xx).
+//! A first payment for a waiting order carries the unlock in the same transaction (token
+//! signed and command built before it, see `orders::dispatch::plan_unlock`): the order goes
+//! `created` → `paid` → `unlocking` and the command row is written; the command is published
+//! after the commit (a crash in between leaves it to the unlock timeout).
 //! Failures are the usual API error body, except for `wechatpay`, which gets the body WeChat
 //! Pay reads, `{"code":"FAIL","message":...}`, with the same status.
 
@@ -15,7 +19,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
-use sqlx::Acquire as _;
 
 use super::{NotifyError, ProviderNotification};
 use crate::AppState;
@@ -140,6 +143,21 @@ pub async fn handle(
     apply(state, provider_name, &notification).await
 }
 
+/// A payment with what the notification needs of its order and gateway, read before the
+/// transaction (one query): the identity checks use columns that never change, the status
+/// columns are only a hint (every write below is conditional on the status it expects).
+#[derive(Debug, sqlx::FromRow)]
+struct PaymentTarget {
+    #[sqlx(flatten)]
+    payment: PaymentRow,
+    order_status: String,
+    lock_id: String,
+    gateway_id: String,
+    duration_minutes: i64,
+    gateway_merchant_id: Option<String>,
+    gateway_status: Option<String>,
+}
+
 /// Applies a verified notification (also used by the reconciler with a query result).
 pub async fn apply(
     state: &AppState,
@@ -150,15 +168,95 @@ pub async fn apply(
         Some(p) => p.expected_ids(),
         None => return Err(ApiError::NotFound),
     };
-    let mut conn = state.db.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut unlock = None;
+    let mut payment = None;
+    if let ProviderNotification::Payment {
+        out_trade_no,
+        amount_fen,
+        mchid,
+        appid,
+        ..
+    } = n
+    {
+        let target = sqlx::query_as::<_, PaymentTarget>(
+            "SELECT p.id, p.order_id, p.merchant_id, p.provider, p.out_trade_no, p.amount_fen, \
+             p.status, p.provider_txn_id, p.created_at, p.paid_at, o.status AS order_status, \
+             o.lock_id, o.gateway_id, o.duration_minutes, g.merchant_id AS gateway_merchant_id, \
+             g.status AS gateway_status \
+             FROM payments p JOIN orders o ON o.id = p.order_id \
+             LEFT JOIN gateways g ON g.id = o.gateway_id AND g.deleted_at IS NULL \
+             WHERE p.out_trade_no = $1",
+        )
+        .bind(out_trade_no.clone())
+        .fetch_optional(&state.db.pool)
+        .await?;
+        let problem = match &target {
+            None => Some(format!("unknown out_trade_no {out_trade_no}")),
+            Some(t) if t.payment.provider != provider_name => Some(format!(
+                "payment belongs to provider {}",
+                t.payment.provider
+            )),
+            Some(t) if t.payment.amount_fen != *amount_fen => Some(format!(
+                "amount {amount_fen} fen differs from the order's {} fen",
+                t.payment.amount_fen
+            )),
+            Some(_) if *mchid != mchid_ok => Some(format!("merchant id {mchid} is not ours")),
+            Some(_) if *appid != appid_ok => Some(format!("app id {appid} is not ours")),
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            // Nothing was written: the notification is refused (and redelivered, if the
+            // provider insists, to be refused again), and a person is told.
+            let mut c = state.db.pool.acquire().await?;
+            orders::alert(
+                &mut c,
+                target.as_ref().map(|t| t.payment.merchant_id.as_str()),
+                target.as_ref().map(|t| t.payment.order_id.as_str()),
+                "notification_mismatch",
+                &problem,
+            )
+            .await?;
+            state.metrics.count("payment_notifications_refused_total");
+            return Err(refused(problem));
+        }
+        if let Some(t) = target {
+            // A first notification for a waiting order: sign the token and the command now,
+            // before the write transaction, so the order goes `created` → `unlocking` and the
+            // command row is written in the notification's own transaction. A duplicate
+            // (payment no longer pending) or an order that stopped waiting signs nothing.
+            if t.order_status == Status::Created.as_str()
+                && matches!(t.payment.status.as_str(), "pending" | "closed")
+            {
+                let gateway = t.gateway_merchant_id.clone().zip(t.gateway_status.clone());
+                match orders::dispatch::plan_unlock(
+                    state,
+                    &t.payment.order_id,
+                    &t.lock_id,
+                    &t.gateway_id,
+                    t.duration_minutes,
+                    gateway,
+                )
+                .await
+                {
+                    Ok(plan) => unlock = Some(plan),
+                    // Signing failed: the order stops at `paid` and is dispatched after the
+                    // commit as before (or by the stuck-paid job).
+                    Err(e) => {
+                        tracing::warn!(order_id = t.payment.order_id, error = %e, "preparing the unlock failed")
+                    }
+                }
+            }
+            payment = Some(t.payment);
+        }
+    }
+    let mut tx = state.db.pool.begin().await?;
     let now = now_ms();
     // The dedupe row goes first: it is a write, so on SQLite the transaction takes the
     // write lock at once (a concurrent twin waits instead of failing), and on PostgreSQL a
     // twin blocks on the unique key until we commit, then inserts nothing.
     let inserted = sqlx::query(
-        "INSERT INTO payment_notifications (id, provider, notification_id, kind, outcome, received_at) \
-         VALUES ($1, $2, $3, $4, 'applied', $5) ON CONFLICT (provider, notification_id) DO NOTHING",
+        "INSERT INTO payment_notifications (id, provider, notification_id, kind, outcome, received_at, payment_id) \
+         VALUES ($1, $2, $3, $4, 'applied', $5, $6) ON CONFLICT (provider, notification_id) DO NOTHING",
     )
     .bind(new_id())
     .bind(provider_name.to_string())
@@ -168,6 +266,7 @@ pub async fn apply(
         ProviderNotification::Refund { .. } => "refund",
     })
     .bind(now)
+    .bind(payment.as_ref().map(|p| p.id.clone()))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -176,66 +275,25 @@ pub async fn apply(
         state.metrics.count("payment_notifications_duplicate_total");
         return Ok(Applied::Duplicate);
     }
-    let mut dispatch = None;
+    let mut outcome = PaymentOutcome::Nothing;
     match n {
         ProviderNotification::Payment {
-            out_trade_no,
             transaction_id,
-            amount_fen,
-            mchid,
-            appid,
             paid_at_ms,
             ..
         } => {
-            let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = $1");
-            let payment = sqlx::query_as::<_, PaymentRow>(sqlx::AssertSqlSafe(sql))
-                .bind(out_trade_no.clone())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let problem = match &payment {
-                None => Some(format!("unknown out_trade_no {out_trade_no}")),
-                Some(p) if p.provider != provider_name => {
-                    Some(format!("payment belongs to provider {}", p.provider))
-                }
-                Some(p) if p.amount_fen != *amount_fen => Some(format!(
-                    "amount {amount_fen} fen differs from the order's {} fen",
-                    p.amount_fen
-                )),
-                Some(_) if *mchid != mchid_ok => Some(format!("merchant id {mchid} is not ours")),
-                Some(_) if *appid != appid_ok => Some(format!("app id {appid} is not ours")),
-                Some(_) => None,
-            };
-            if let Some(problem) = problem {
-                tx.rollback().await?;
-                let mut c = state.db.pool.acquire().await?;
-                orders::alert(
-                    &mut c,
-                    payment.as_ref().map(|p| p.merchant_id.as_str()),
-                    payment.as_ref().map(|p| p.order_id.as_str()),
-                    "notification_mismatch",
-                    &problem,
-                )
-                .await?;
-                state.metrics.count("payment_notifications_refused_total");
-                return Err(refused(problem));
-            }
-            if let Some(p) = payment {
-                sqlx::query("UPDATE payment_notifications SET payment_id = $1 WHERE provider = $2 AND notification_id = $3")
-                    .bind(p.id.clone())
-                    .bind(provider_name.to_string())
-                    .bind(n.id().to_string())
-                    .execute(&mut *tx)
-                    .await?;
+            if let Some(p) = &payment {
                 // A query result (the reconciler) is not a notification: keep notified_at
                 // empty so reconciliation can report the missing notification.
                 let notified = !n.id().starts_with("query:");
-                dispatch = apply_payment_success(
+                outcome = apply_payment_success_with(
                     &mut tx,
-                    &p,
+                    p,
                     transaction_id,
                     *paid_at_ms,
                     notified,
                     &Actor::Provider(provider_name.to_string()),
+                    unlock.as_ref(),
                 )
                 .await?;
             }
@@ -259,16 +317,33 @@ pub async fn apply(
         }
     }
     tx.commit().await?;
-    // Back to the pool before dispatching: the dispatch takes connections of its own, and a
-    // request holding one idle while waiting for another starves the pool under load (every
-    // connection held by a payer waiting for a second one: a stall until the acquire
-    // timeout, measured by the order_flow bench).
-    drop(conn);
     state.metrics.count("payment_notifications_applied_total");
-    if let Some(order_id) = dispatch {
-        orders::dispatch::dispatch_unlock(state, &order_id).await;
+    // Only now, with the order in `unlocking` and the command row durable, does the command
+    // go out. A crash right here leaves a recorded, unsent command: the unlock timeout
+    // fails the order over to a refund (the token is valid meanwhile as an offline code).
+    match outcome {
+        PaymentOutcome::Unlocking(order_id) => {
+            if let Some(plan) = unlock {
+                plan.send(state, &order_id).await;
+            }
+        }
+        PaymentOutcome::Paid(order_id) => {
+            orders::dispatch::dispatch_unlock(state, &order_id).await;
+        }
+        PaymentOutcome::Nothing => {}
     }
     Ok(Applied::Applied)
+}
+
+/// Where a payment success left its order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// Moved to `paid`: dispatch the unlock after the commit.
+    Paid(String),
+    /// Moved to `unlocking` with the prepared unlock: send it after the commit.
+    Unlocking(String),
+    /// A duplicate, or refunded because the order stopped waiting.
+    Nothing,
 }
 
 /// Marks a payment succeeded (once), books it, and moves its order to `paid`. A payment
@@ -282,6 +357,27 @@ pub async fn apply_payment_success(
     notified: bool,
     actor: &Actor,
 ) -> Result<Option<String>, ApiError> {
+    Ok(
+        match apply_payment_success_with(conn, p, transaction_id, paid_at_ms, notified, actor, None)
+            .await?
+        {
+            PaymentOutcome::Paid(id) | PaymentOutcome::Unlocking(id) => Some(id),
+            PaymentOutcome::Nothing => None,
+        },
+    )
+}
+
+/// [`apply_payment_success`] with the unlock prepared before the transaction: the order then
+/// goes `created` → `paid` → `unlocking` here and the command row is recorded with it.
+pub async fn apply_payment_success_with(
+    conn: &mut sqlx::AnyConnection,
+    p: &PaymentRow,
+    transaction_id: &str,
+    paid_at_ms: i64,
+    notified: bool,
+    actor: &Actor,
+    unlock: Option<&orders::dispatch::UnlockPlan>,
+) -> Result<PaymentOutcome, ApiError> {
     let now = now_ms();
     let won = sqlx::query(
         "UPDATE payments SET status = 'succeeded', provider_txn_id = $1, paid_at = $2, \
@@ -307,7 +403,7 @@ pub async fn apply_payment_success(
             .execute(&mut *conn)
             .await?;
         }
-        return Ok(None);
+        return Ok(PaymentOutcome::Nothing);
     }
     money::book(
         conn,
@@ -319,6 +415,23 @@ pub async fn apply_payment_success(
         now,
     )
     .await?;
+    let reason = format!("payment {} succeeded", p.out_trade_no);
+    if let Some(plan) = unlock
+        && orders::pay_and_start_unlock(
+            conn,
+            &p.order_id,
+            (actor, &reason),
+            (&Actor::System, orders::dispatch::UNLOCKING_REASON),
+            now,
+            plan.also(),
+        )
+        .await?
+    {
+        plan.record(conn).await?;
+        return Ok(PaymentOutcome::Unlocking(p.order_id.clone()));
+    }
+    // Only on the slow paths (no prepared unlock, or the order stopped waiting) is the
+    // whole order row read.
     let order = orders::load(conn, &p.order_id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -329,13 +442,13 @@ pub async fn apply_payment_success(
             Status::Created,
             Status::Paid,
             actor,
-            &format!("payment {} succeeded", p.out_trade_no),
+            &reason,
             now,
             Also::default(),
         )
         .await?
     {
-        return Ok(Some(order.id));
+        return Ok(PaymentOutcome::Paid(order.id));
     }
     // Paid, but the order stopped waiting: the money goes back.
     let mut paid = p.clone();
@@ -352,5 +465,5 @@ pub async fn apply_payment_success(
         0,
     )
     .await?;
-    Ok(None)
+    Ok(PaymentOutcome::Nothing)
 }
