@@ -219,6 +219,25 @@ pub struct Also {
     pub int: Vec<(&'static str, Option<i64>)>,
 }
 
+impl Also {
+    /// Appends `, col = value` (or `= NULL`) for every column to an `UPDATE .. SET`. The
+    /// column names are compile-time constants of this crate, never input.
+    fn push_sets(self, q: &mut crate::http::list::Sql) {
+        for (col, v) in self.text {
+            match v {
+                Some(v) => q.push(&format!(", {col} = ")).bind_text(v),
+                None => q.push(&format!(", {col} = NULL")),
+            };
+        }
+        for (col, v) in self.int {
+            match v {
+                Some(v) => q.push(&format!(", {col} = ")).bind_int(v),
+                None => q.push(&format!(", {col} = NULL")),
+            };
+        }
+    }
+}
+
 /// Moves `order_id` from `from` to `to` if (and only if) it is still in `from`, and
 /// records the transition. Returns whether this caller won. Must run inside the caller's
 /// transaction so the status and its history commit together.
@@ -251,18 +270,7 @@ pub async fn transition(
     if !to.is_active() {
         q.push(", active_lock_id = NULL");
     }
-    for (col, v) in also.text {
-        match v {
-            Some(v) => q.push(&format!(", {col} = ")).bind_text(v),
-            None => q.push(&format!(", {col} = NULL")),
-        };
-    }
-    for (col, v) in also.int {
-        match v {
-            Some(v) => q.push(&format!(", {col} = ")).bind_int(v),
-            None => q.push(&format!(", {col} = NULL")),
-        };
-    }
+    also.push_sets(&mut q);
     q.push(" WHERE id = ")
         .bind_text(order_id)
         .push(" AND status = ")
@@ -298,18 +306,7 @@ pub async fn pay_and_start_unlock(
         .bind_int(now)
         .push(", unlocking_at = ")
         .bind_int(now);
-    for (col, v) in also.text {
-        match v {
-            Some(v) => q.push(&format!(", {col} = ")).bind_text(v),
-            None => q.push(&format!(", {col} = NULL")),
-        };
-    }
-    for (col, v) in also.int {
-        match v {
-            Some(v) => q.push(&format!(", {col} = ")).bind_int(v),
-            None => q.push(&format!(", {col} = NULL")),
-        };
-    }
+    also.push_sets(&mut q);
     q.push(" WHERE id = ")
         .bind_text(order_id)
         .push(" AND status = ")
