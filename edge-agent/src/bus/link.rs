@@ -421,3 +421,58 @@ impl Link {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_precise_timer_never_ends_a_wait_early() {
+        let mut t = PreciseTimer::new().unwrap();
+        for us in [300u64, 1750, 3650] {
+            let d = Duration::from_micros(us);
+            let start = std::time::Instant::now();
+            t.sleep(d).await.unwrap();
+            assert!(
+                start.elapsed() >= d,
+                "{us} µs wait took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expiry_left_by_a_cancelled_wait_does_not_end_the_next_one() {
+        let mut t = PreciseTimer::new().unwrap();
+        // Armed (polled once), then cancelled; it fires unread while nobody waits.
+        let mut armed = false;
+        tokio::select! {
+            biased;
+            _ = t.sleep(Duration::from_millis(1)) => {}
+            () = std::future::ready(()) => armed = true,
+        }
+        assert!(armed);
+        std::thread::sleep(Duration::from_millis(3));
+        let d = Duration::from_millis(4);
+        let start = std::time::Instant::now();
+        t.sleep(d).await.unwrap();
+        assert!(start.elapsed() >= d, "took {:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_precise_wait_ends_at_its_deadline_not_a_millisecond_tick_later() {
+        // The point of the timer: tokio's own sleep would round 1.75 ms up to 2..3 ms.
+        let mut timer = None;
+        let mut late = Vec::new();
+        for _ in 0..20 {
+            let deadline = Instant::now() + Duration::from_micros(1750);
+            wait_until_precisely(&mut timer, deadline).await;
+            late.push(Instant::now() - deadline);
+        }
+        assert!(timer.is_some(), "the timerfd was not used");
+        late.sort();
+        // The median, so one preemption on a busy machine does not fail the test.
+        assert!(late[10] < Duration::from_micros(500), "late by {late:?}");
+    }
+}
