@@ -245,22 +245,34 @@ impl Link {
         }
     }
 
-    /// Reads whatever is already waiting on the stream without blocking. A zero timeout
-    /// still polls the read once (tokio polls the inner future before the deadline).
+    /// Reads whatever is already waiting on the stream without blocking: each read is
+    /// polled exactly once (no timer: a zero `timeout` around it cost a timer-wheel entry
+    /// per exchange). A pending read leaves this task's waker with the stream, which the
+    /// exchange's own read replaces right after.
     async fn drain_pending(&mut self) -> Result<usize, Failure> {
         let mut scratch = [0u8; 256];
         let mut total = 0;
         loop {
-            match timeout(Duration::ZERO, self.io.read(&mut scratch)).await {
-                Ok(Ok(0)) => {
+            let polled = std::future::poll_fn(|cx| {
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+                match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                    std::task::Poll::Ready(r) => {
+                        std::task::Poll::Ready(Some(r.map(|()| buf.filled().len())))
+                    }
+                    std::task::Poll::Pending => std::task::Poll::Ready(None),
+                }
+            })
+            .await;
+            match polled {
+                Some(Ok(0)) => {
                     return Err(Failure::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the bus stream closed",
                     )));
                 }
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => return Err(Failure::Io(e)),
-                Err(_) => return Ok(total),
+                Some(Ok(n)) => total += n,
+                Some(Err(e)) => return Err(Failure::Io(e)),
+                None => return Ok(total),
             }
         }
     }
