@@ -241,15 +241,20 @@ pub async fn run(deps: MonitorDeps, shutdown: CancellationToken) -> anyhow::Resu
         addrs: HashMap::new(),
     };
     let mut round: u64 = 0;
+    let mut watches = p.deps.health.watches_added();
     loop {
-        // Wait for the next round, looking at watched doors meanwhile.
+        // Wait for the next round, looking at watched doors meanwhile; a door watched from
+        // now on is looked at right away, not after up to a whole round interval.
         loop {
+            // Marked seen before looking, so a watch added while we look wakes the wait.
+            watches.borrow_and_update();
             let next = p.serve_watched().await;
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => break,
                 () = tokio::time::sleep_until(next.unwrap_or(far)) => {}
+                Ok(()) = watches.changed() => {}
             }
         }
         // This round's locks of this bus (the map may change between rounds).
@@ -519,6 +524,21 @@ mod tests {
         let (seen, rounds_done) = slow_rounds_door_cycle(Duration::from_millis(20)).await;
         assert_eq!(seen, 2, "door opened and closed, seen between slow rounds");
         assert!(rounds_done <= 1, "rounds stayed slow: {rounds_done}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_watch_wakes_a_poller_waiting_for_its_next_round() {
+        // Rounds 3 s apart: after the first (full) round the poller waits ~2.4 s for the
+        // next. The watched door's 60 ms cycle must be seen within 300 ms of the unlock.
+        let r = rig_with(Duration::from_secs(3), Duration::from_millis(20)).await;
+        wait_rounds(&r.health, 1).await;
+        let before = outbox_rows(&r.store).await;
+        r.bus.armed.store(true, Ordering::SeqCst);
+        r.health.watch_door(id(WATCHED), WATCH_DOOR_FOR);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(rounds(&r.health).await, 1, "no new round meanwhile");
+        assert_eq!(outbox_rows(&r.store).await - before, 2, "door cycle seen");
+        r.shutdown.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
