@@ -266,6 +266,26 @@ async fn reads_identity_and_waits_the_silence_between_frames() {
 }
 
 #[tokio::test]
+async fn waits_the_fixed_silence_above_19200_baud() {
+    // 1.75 ms: shorter than tokio's coarse stretch, so all of it is the precise wait.
+    let (bus, mut dev) = start(115_200, vec![], Duration::ZERO, |_| {});
+    for _ in 0..5 {
+        bus.read_state(UNIT).await.unwrap();
+    }
+    let seen = dev.drain_seen();
+    let replies = dev.replied_at.lock().unwrap().clone();
+    // read_state is two exchanges (inputs, then the UNLOCK coil).
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    for (i, (arrived, _)) in seen.iter().enumerate().skip(1) {
+        let gap = *arrived - replies[i - 1];
+        assert!(
+            gap >= rtu::inter_frame_silence(115_200),
+            "gap {gap:?} before request {i}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn crc_error_wrong_unit_and_truncated_reply_are_counted_and_retried() {
     let (bus, _dev) = start(
         115_200,

@@ -11,19 +11,17 @@
 //! discarded silently, as real slaves do.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::os::fd::AsFd as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use dmr_protocol::modbus::{MAX_RTU_FRAME, rtu};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use tokio::sync::{mpsc, watch};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::bus::Shared;
@@ -63,8 +61,8 @@ pub(crate) fn open(link: &Path) -> anyhow::Result<Pty> {
     }
     std::os::unix::fs::symlink(&name, link)
         .with_context(|| format!("symlink {} -> {}", link.display(), name.display()))?;
-    // Non-blocking: the reader thread polls, and a reply that does not fit into the
-    // pty's buffer (nobody reads the other side) is lost like bits on an idle wire
+    // Non-blocking: the runtime's reactor waits for requests, and a reply that does not
+    // fit into the pty's buffer (nobody reads the other side) is lost like bits on an idle wire
     // instead of blocking the bus.
     fcntl(&pair.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("non-blocking master")?;
     info!(link = %link.display(), tty = %name.display(), "pty ready");
@@ -73,47 +71,6 @@ pub(crate) fn open(link: &Path) -> anyhow::Result<Pty> {
         slave: File::from(pair.slave),
         link: link.to_path_buf(),
     })
-}
-
-/// Reads the master on a dedicated thread (tokio's safe `AsyncFd` constructor is
-/// deprecated as unsound, and `unsafe` is forbidden here) and hands the bytes to the
-/// async side through a bounded channel; when it is full the thread waits and the
-/// kernel's pty buffer holds the bytes.
-fn spawn_reader(
-    master: File,
-    stop: Arc<AtomicBool>,
-    tx: mpsc::Sender<Vec<u8>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("pty-reader".into())
-        .spawn(move || {
-            let mut tmp = [0u8; 512];
-            while !stop.load(Ordering::Relaxed) {
-                let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::from(100u16)) {
-                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(error = %e, "poll on the pty failed; serial transport stops");
-                        return;
-                    }
-                }
-                match (&master).read(&mut tmp) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        if tx.blocking_send(tmp[..n].to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        warn!(error = %e, "read from the pty failed; serial transport stops");
-                        return;
-                    }
-                }
-            }
-        })
 }
 
 impl Pty {
@@ -163,35 +120,33 @@ impl Pty {
         shared: Arc<Shared>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = spawn_reader(
-            self.master.try_clone().context("clone the pty master")?,
-            stop.clone(),
-            tx,
-        )
-        .context("start the pty reader thread")?;
-        let result = self.serve_frames(&shared, &mut shutdown, &mut rx).await;
-        stop.store(true, Ordering::Relaxed);
-        drop(rx);
-        // The thread notices within one poll interval.
-        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-        result
+        // The master is read through the runtime's reactor (tokio's pipe type takes any
+        // non-blocking descriptor that epoll accepts, a pty master included): a request
+        // wakes this task directly, where a reader thread handing bytes over a channel
+        // cost two more thread wake-ups per exchange, the largest part of the simulator's
+        // CPU when an agent polls many locks.
+        let master = self.master.try_clone().context("clone the pty master")?;
+        let mut rx = tokio::net::unix::pipe::Receiver::from_file_unchecked(master)
+            .context("register the pty master with the runtime")?;
+        self.serve_frames(&shared, &mut shutdown, &mut rx).await
     }
 
     async fn serve_frames(
         &self,
         shared: &Shared,
         shutdown: &mut watch::Receiver<bool>,
-        rx: &mut mpsc::Receiver<Vec<u8>>,
+        rx: &mut tokio::net::unix::pipe::Receiver,
     ) -> anyhow::Result<()> {
         let mut buf: Vec<u8> = Vec::with_capacity(MAX_RTU_FRAME);
+        let mut tmp = [0u8; 512];
         loop {
             let read = async {
                 if buf.is_empty() {
-                    Some(rx.recv().await)
+                    Some(rx.read(&mut tmp).await)
                 } else {
-                    tokio::time::timeout(FRAME_GAP, rx.recv()).await.ok()
+                    tokio::time::timeout(FRAME_GAP, rx.read(&mut tmp))
+                        .await
+                        .ok()
                 }
             };
             let got = tokio::select! {
@@ -207,15 +162,20 @@ impl Pty {
                         Err(e) => debug!(bytes = frame.len(), error = %e, "discarded noise"),
                     }
                 }
-                Some(Some(bytes)) => {
-                    buf.extend_from_slice(&bytes);
+                Some(Ok(0)) => anyhow::bail!("the pty master reported end of file"),
+                Some(Ok(n)) => {
+                    buf.extend_from_slice(&tmp[..n]);
                     self.drain_frames(shared, &mut buf).await?;
                     if buf.len() > MAX_RTU_FRAME {
                         debug!(bytes = buf.len(), "discarded an over-long frame");
                         buf.clear();
                     }
                 }
-                Some(None) => anyhow::bail!("the pty reader thread stopped"),
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => {
+                    warn!(error = %e, "read from the pty failed; serial transport stops");
+                    return Err(e).context("read from the pty");
+                }
             }
         }
     }

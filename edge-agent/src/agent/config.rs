@@ -38,6 +38,10 @@ use uuid::Uuid;
 
 use super::enroll::Enrollment;
 
+/// How often a just-unlocked door is polled unless `door_watch_interval_ms` says otherwise
+/// (capped by `poll_interval_ms`).
+pub const DEFAULT_DOOR_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 pub const EX_CONFIG: u8 = 78;
 
@@ -138,6 +142,10 @@ pub struct AgentConfig {
     pub token_skew_s: u64,
     pub heartbeat_interval: Duration,
     pub poll_interval: Duration,
+    /// How often a just-unlocked lock's door is looked at until its open/close cycle was
+    /// seen (at most `poll_interval`). Kept apart from the round interval so idle locks can
+    /// be polled slowly while a person at a door still gets a quick release of the lock.
+    pub door_watch_interval: Duration,
     /// Failed polls in a row before a lock is declared offline.
     pub offline_after: u32,
     /// How long to wait for the bus to confirm an unlock.
@@ -469,6 +477,22 @@ impl Checker {
             self.int(&mut s, "poll_interval_ms", 20, 60_000)
                 .unwrap_or(500) as u64,
         );
+        // Default 100 ms, never slower than the rounds: watching a door less often than
+        // the ordinary round looks at it would be pointless.
+        let door_watch_interval = match self.int(&mut s, "door_watch_interval_ms", 20, 60_000) {
+            Some(v) if Duration::from_millis(v as u64) > poll_interval => {
+                self.err(
+                    "door_watch_interval_ms",
+                    format!(
+                        "must not exceed poll_interval_ms ({}), found {v}",
+                        poll_interval.as_millis()
+                    ),
+                );
+                poll_interval
+            }
+            Some(v) => Duration::from_millis(v as u64),
+            None => poll_interval.min(DEFAULT_DOOR_WATCH_INTERVAL),
+        };
         let offline_after = self.int(&mut s, "offline_after", 1, 1000).unwrap_or(3) as u32;
         let unlock_timeout = Duration::from_millis(
             self.int(&mut s, "unlock_timeout_ms", 50, 60_000)
@@ -544,6 +568,7 @@ impl Checker {
             token_skew_s,
             heartbeat_interval,
             poll_interval,
+            door_watch_interval,
             offline_after,
             unlock_timeout,
             max_db_pages,
@@ -901,6 +926,30 @@ locks = [ { addr = 1, lock_id = "0193a5e0-0000-7000-8000-000000000001" } ]
             .0
             .join("\n");
         assert!(e.contains("state_mmap_mb"), "{e}");
+    }
+
+    #[test]
+    fn door_watch_interval_defaults_to_100_ms_capped_by_the_poll_interval() {
+        let c = parse(&good(), []).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.door_watch_interval, Duration::from_millis(100));
+        let fast = format!("poll_interval_ms = 50\n{}", good());
+        assert_eq!(
+            parse(&fast, []).unwrap().door_watch_interval,
+            Duration::from_millis(50)
+        );
+        let set = format!("door_watch_interval_ms = 40\n{}", good());
+        assert_eq!(
+            parse(&set, []).unwrap().door_watch_interval,
+            Duration::from_millis(40)
+        );
+        for bad in ["door_watch_interval_ms = 600", "door_watch_interval_ms = 5"] {
+            let e = parse(&format!("{bad}\n{}", good()), [])
+                .unwrap_err()
+                .0
+                .join("\n");
+            assert!(e.contains("door_watch_interval_ms: must"), "{bad}: {e}");
+        }
     }
 
     #[test]

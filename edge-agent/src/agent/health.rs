@@ -87,6 +87,9 @@ pub struct Health {
     sync: Mutex<SyncHealth>,
     rounds: Mutex<BTreeMap<usize, Rounds>>,
     watched: Mutex<HashMap<Uuid, Watched>>,
+    /// Bumped by every new watch, so a poller waiting for its next round (up to a whole
+    /// `poll_interval`) starts looking at the door at once instead of at that round.
+    watch_added: tokio::sync::watch::Sender<u64>,
 }
 
 /// The poll rounds of one bus in the status snapshot.
@@ -185,7 +188,13 @@ impl Health {
             sync: Mutex::new(SyncHealth::default()),
             rounds: Mutex::new(BTreeMap::new()),
             watched: Mutex::new(HashMap::new()),
+            watch_added: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever a door watch starts ([`Health::watch_door`]); pollers wait on it.
+    pub fn watches_added(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.watch_added.subscribe()
     }
 
     /// Follows a new lock map (`(lock_id, bus, addr)`): locks no longer listed are dropped,
@@ -314,8 +323,8 @@ impl Health {
     }
 
     /// The latch of `lock_id` was just released: a person will open the door soon and close
-    /// it again. The poller of its bus then looks at that door every poll interval instead
-    /// of once per round, until it saw the door open and close again or `for_at_most` ran
+    /// it again. The poller of its bus then looks at that door every door-watch interval
+    /// (woken at once if it was waiting for its next round) instead of once per round, until it saw the door open and close again or `for_at_most` ran
     /// out, so a door cycle shorter than a round over a busy bus is still seen.
     pub fn watch_door(&self, lock_id: Uuid, for_at_most: Duration) {
         if let Ok(mut w) = self.watched.lock() {
@@ -327,6 +336,7 @@ impl Health {
                 },
             );
         }
+        self.watch_added.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The locks whose doors are watched now (expired ones are dropped).

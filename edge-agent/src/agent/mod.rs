@@ -270,6 +270,7 @@ pub async fn start(
             bus,
             locks: locks_rx.clone(),
             interval: cfg.poll_interval,
+            watch_interval: cfg.door_watch_interval,
             store: store.clone(),
             health: health.clone(),
             clock: clock.clone(),

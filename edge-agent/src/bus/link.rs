@@ -66,9 +66,12 @@ impl std::fmt::Display for Fault {
 }
 
 /// Sleeps until `deadline` with sub-millisecond precision. tokio's timer ticks in whole
-/// milliseconds and rounds up, which on a 1.75 ms silence is up to 57% extra on every frame;
-/// the last stretch is therefore slept on a blocking thread (`nanosleep`, ~0.1 ms precise).
-async fn wait_until_precisely(deadline: Instant) {
+/// milliseconds and rounds up, which on a 1.75 ms silence is up to 57% extra on every frame.
+/// The last stretch is therefore waited on a [`PreciseTimer`] (a timerfd in the runtime's
+/// reactor); where none can be had, on a blocking thread (`nanosleep`, ~0.1 ms precise, but
+/// two thread hand-offs per frame, which on a gateway polling many locks was most of its
+/// CPU).
+async fn wait_until_precisely(timer: &mut Option<PreciseTimer>, deadline: Instant) {
     const COARSE: Duration = Duration::from_millis(2);
     let now = Instant::now();
     if deadline <= now {
@@ -78,9 +81,94 @@ async fn wait_until_precisely(deadline: Instant) {
         sleep_until(deadline - COARSE).await;
     }
     let rest = deadline.saturating_duration_since(Instant::now());
+    if rest.is_zero() {
+        return;
+    }
+    if timer.is_none() {
+        *timer = PreciseTimer::new()
+            .inspect_err(|e| {
+                tracing::debug!(error = %e, "no timerfd; precise waits use a blocking thread");
+            })
+            .ok();
+    }
+    if let Some(t) = timer.as_mut() {
+        match t.sleep(rest).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "timerfd wait failed; using a blocking thread");
+                *timer = None;
+            }
+        }
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
     if !rest.is_zero() {
         // If the blocking pool is gone (runtime shutting down) the wait is simply skipped.
         let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
+/// A one-shot high-resolution timer whose expiry wakes the task through the runtime's
+/// reactor, like a socket becoming readable: arming it is one system call and the wake-up
+/// is the worker's own `epoll_wait` returning. tokio offers no safe way to register an
+/// arbitrary descriptor except its pipe type, which (unchecked) takes any non-blocking
+/// descriptor that epoll accepts; a timerfd is one, and reads 8 bytes once expired.
+#[cfg(target_os = "linux")]
+pub(crate) struct PreciseTimer {
+    timer: nix::sys::timerfd::TimerFd,
+    /// A second descriptor of the same timer, owned by the reactor registration.
+    ready: tokio::net::unix::pipe::Receiver,
+}
+
+#[cfg(target_os = "linux")]
+impl PreciseTimer {
+    fn new() -> io::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        use std::os::fd::AsFd as _;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let fd = timer.as_fd().try_clone_to_owned()?;
+        let ready = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)?;
+        Ok(PreciseTimer { timer, ready })
+    }
+
+    /// Waits `d`. Arming resets any expiry left over from a cancelled wait.
+    async fn sleep(&mut self, d: Duration) -> io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        self.timer
+            .set(
+                Expiration::OneShot(TimeSpec::from_duration(d)),
+                TimerSetTimeFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+        let mut expirations = [0u8; 8];
+        loop {
+            self.ready.readable().await?;
+            match self.ready.try_read(&mut expirations) {
+                Ok(_) => return Ok(()),
+                // Readiness left over from before the timer was re-armed.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Elsewhere there is no timerfd: the blocking-thread wait is used.
+#[cfg(not(target_os = "linux"))]
+pub(crate) struct PreciseTimer;
+
+#[cfg(not(target_os = "linux"))]
+impl PreciseTimer {
+    fn new() -> io::Result<Self> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no timerfd"))
+    }
+
+    async fn sleep(&mut self, _: Duration) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no timerfd"))
     }
 }
 
@@ -106,6 +194,8 @@ pub(crate) struct Link {
     transaction: u16,
     /// Bytes thrown away because they arrived outside any exchange.
     pub stale_bytes: u64,
+    /// For the inter-frame silence; made on first use (it needs the runtime).
+    timer: Option<PreciseTimer>,
 }
 
 impl std::fmt::Debug for Link {
@@ -126,6 +216,7 @@ impl Link {
             line_busy_until: Instant::now(),
             transaction: 0,
             stale_bytes: 0,
+            timer: None,
         }
     }
 
@@ -154,22 +245,34 @@ impl Link {
         }
     }
 
-    /// Reads whatever is already waiting on the stream without blocking. A zero timeout
-    /// still polls the read once (tokio polls the inner future before the deadline).
+    /// Reads whatever is already waiting on the stream without blocking: each read is
+    /// polled exactly once (no timer: a zero `timeout` around it cost a timer-wheel entry
+    /// per exchange). A pending read leaves this task's waker with the stream, which the
+    /// exchange's own read replaces right after.
     async fn drain_pending(&mut self) -> Result<usize, Failure> {
         let mut scratch = [0u8; 256];
         let mut total = 0;
         loop {
-            match timeout(Duration::ZERO, self.io.read(&mut scratch)).await {
-                Ok(Ok(0)) => {
+            let polled = std::future::poll_fn(|cx| {
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+                match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                    std::task::Poll::Ready(r) => {
+                        std::task::Poll::Ready(Some(r.map(|()| buf.filled().len())))
+                    }
+                    std::task::Poll::Pending => std::task::Poll::Ready(None),
+                }
+            })
+            .await;
+            match polled {
+                Some(Ok(0)) => {
                     return Err(Failure::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the bus stream closed",
                     )));
                 }
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => return Err(Failure::Io(e)),
-                Err(_) => return Ok(total),
+                Some(Ok(n)) => total += n,
+                Some(Err(e)) => return Err(Failure::Io(e)),
+                None => return Ok(total),
             }
         }
     }
@@ -185,7 +288,11 @@ impl Link {
         // Wait for a quiet line: the silence after the last byte, plus the turnaround. Bytes
         // that show up meanwhile are stale (a late reply) and restart the wait.
         loop {
-            wait_until_precisely(self.line_busy_until + silence + self.timing.turnaround).await;
+            wait_until_precisely(
+                &mut self.timer,
+                self.line_busy_until + silence + self.timing.turnaround,
+            )
+            .await;
             let stale = self.drain_pending().await?;
             if stale == 0 {
                 break;
@@ -324,5 +431,60 @@ impl Link {
             }
             return Response::decode_pdu(&pdu, req).map_err(|_| Failure::Fault(Fault::Garbled));
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_precise_timer_never_ends_a_wait_early() {
+        let mut t = PreciseTimer::new().unwrap();
+        for us in [300u64, 1750, 3650] {
+            let d = Duration::from_micros(us);
+            let start = std::time::Instant::now();
+            t.sleep(d).await.unwrap();
+            assert!(
+                start.elapsed() >= d,
+                "{us} µs wait took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expiry_left_by_a_cancelled_wait_does_not_end_the_next_one() {
+        let mut t = PreciseTimer::new().unwrap();
+        // Armed (polled once), then cancelled; it fires unread while nobody waits.
+        let mut armed = false;
+        tokio::select! {
+            biased;
+            _ = t.sleep(Duration::from_millis(1)) => {}
+            () = std::future::ready(()) => armed = true,
+        }
+        assert!(armed);
+        std::thread::sleep(Duration::from_millis(3));
+        let d = Duration::from_millis(4);
+        let start = std::time::Instant::now();
+        t.sleep(d).await.unwrap();
+        assert!(start.elapsed() >= d, "took {:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_precise_wait_ends_at_its_deadline_not_a_millisecond_tick_later() {
+        // The point of the timer: tokio's own sleep would round 1.75 ms up to 2..3 ms.
+        let mut timer = None;
+        let mut late = Vec::new();
+        for _ in 0..20 {
+            let deadline = Instant::now() + Duration::from_micros(1750);
+            wait_until_precisely(&mut timer, deadline).await;
+            late.push(Instant::now() - deadline);
+        }
+        assert!(timer.is_some(), "the timerfd was not used");
+        late.sort();
+        // The median, so one preemption on a busy machine does not fail the test.
+        assert!(late[10] < Duration::from_micros(500), "late by {late:?}");
     }
 }
