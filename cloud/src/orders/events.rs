@@ -959,3 +959,32 @@ pub async fn fail_and_refund(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_door_cycle_is_a_close_at_or_after_an_open() {
+        let none = DoorSeen::default();
+        assert!(!none.cycled());
+        assert!(!none.with(DoorChange::Opened, 100).cycled());
+        assert!(!none.with(DoorChange::Closed, 100).cycled());
+        // The batch's own event completes what earlier batches recorded, in either order.
+        let opened = none.with(DoorChange::Opened, 100);
+        assert!(
+            opened.with(DoorChange::Closed, 100).cycled(),
+            "a tie counts"
+        );
+        assert!(opened.with(DoorChange::Closed, 400).cycled());
+        assert!(!opened.with(DoorChange::Closed, 99).cycled());
+        let closed = none.with(DoorChange::Closed, 300);
+        assert!(closed.with(DoorChange::Opened, 200).cycled());
+        assert!(!closed.with(DoorChange::Opened, 400).cycled());
+        // The earliest open and the latest close are what count.
+        let both = closed.with(DoorChange::Opened, 400);
+        assert!(!both.cycled());
+        assert!(both.with(DoorChange::Opened, 250).cycled());
+        assert!(both.with(DoorChange::Closed, 450).cycled());
+    }
+}
