@@ -2,7 +2,9 @@
 //!
 //! The link's ingest calls [`on_gateway_events`] once per batch with every applied event
 //! (batched reads and inserts, the same outcome as event by event), and the command ack
-//! hook calls [`on_command_result`], both inside the ingest transaction. Rules:
+//! hook calls [`on_unlock_command_result`] with the command its ack just settled (or
+//! [`on_command_result`], which reads the command), both inside the ingest transaction.
+//! Rules:
 //! - `ok` (event or ack) proves the lock opened: `paid`/`unlocking` → `unlocked`. On an
 //!   order that already failed over, a late `ok` cancels the refund if it was not sent yet
 //!   (`unlock_failed` → `unlocked`); if the money already went back, the order is flagged
@@ -162,8 +164,11 @@ fn via_str(via: Option<dmr_protocol::message::Presenter>) -> Option<&'static str
 /// calling the per-event rules one event after the other; what is batched is the work
 /// most events need and that cannot depend on an earlier event of the same batch:
 ///
-/// - ONE read of the open orders (`unlocking`, `unlocked`, `unlock_failed`, newest per
-///   lock) of every lock the batch's door events name, instead of one per door event;
+/// - ONE read ([`Known`]) of the whole rows of every order the batch's unlock events name
+///   and of the open orders (`unlocking`, `unlocked`, `unlock_failed`, newest per lock) of
+///   every lock its door events name, with each one's door evidence so far, instead of a
+///   lock read per batch plus an order read per event (an order the batch writes is read
+///   again before its next use);
 /// - ONE multi-row `order_unlock_events` insert (`ON CONFLICT (id) DO NOTHING RETURNING
 ///   id`, so a redelivered event still changes nothing) instead of one per event.
 ///
