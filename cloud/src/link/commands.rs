@@ -318,39 +318,46 @@ fn stored_body(cmd: &Command) -> Value {
     }
 }
 
+/// The command an ack settled (see [`on_ack`]).
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub op: String,
+    /// The stored body (unlock tokens as their ids).
+    pub body: String,
+}
+
 /// Applies an ack inside ingest's transaction: records it, and settles the command it names
 /// if that command belongs to `gw` and is not settled yet. An ack after expiry still
-/// settles it (the gateway did act; the truth beats the timeout).
+/// settles it (the gateway did act; the truth beats the timeout). Returns the command it
+/// settled (None: already settled, or no command of this gateway), so the order hook need
+/// not read the same row again.
+///
+/// The settle is one conditional `UPDATE .. RETURNING` (the latency computed from the
+/// row's own `created_at`) rather than a read then an update: one round trip inside the
+/// batch transaction instead of two, and the same outcome (only the first ack matches).
 pub async fn on_ack(
     tx: &mut AnyConnection,
     gw: Uuid,
     ack: &Ack,
     ts_ms: i64,
-) -> Result<(), ApiError> {
+) -> Result<Option<Settled>, ApiError> {
     let now = now_ms();
     let result = ack.result.as_str();
-    let created: Option<(i64,)> = sqlx::query_as(
-        "SELECT created_at FROM gateway_commands WHERE id = $1 AND gateway_id = $2 AND status <> 'acked'",
+    let settled: Option<(i64, String, String)> = sqlx::query_as(
+        "UPDATE gateway_commands SET status = 'acked', result = $1, \
+         latency_ms = CASE WHEN created_at < $2 THEN $2 - created_at ELSE 0 END, acked_at = $2 \
+         WHERE id = $3 AND gateway_id = $4 AND status <> 'acked' \
+         RETURNING latency_ms, op, body",
     )
+    .bind(result)
+    .bind(now)
     .bind(ack.cmd.to_string())
     .bind(gw.to_string())
     .fetch_optional(&mut *tx)
     .await?;
-    let matched = created.is_some();
-    if let Some((created_at,)) = created {
-        let latency = now.saturating_sub(created_at).max(0);
-        sqlx::query(
-            "UPDATE gateway_commands SET status = 'acked', result = $1, latency_ms = $2, acked_at = $3 \
-             WHERE id = $4 AND gateway_id = $5 AND status <> 'acked'",
-        )
-        .bind(result)
-        .bind(latency)
-        .bind(now)
-        .bind(ack.cmd.to_string())
-        .bind(gw.to_string())
-        .execute(&mut *tx)
-        .await?;
-        let ms = u64::try_from(latency).unwrap_or(0);
+    let matched = settled.is_some();
+    if let Some((latency, _, _)) = &settled {
+        let ms = u64::try_from(*latency).unwrap_or(0);
         for (i, le) in LATENCY_BUCKETS_MS.iter().enumerate() {
             if ms <= *le {
                 ACKS.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -381,7 +388,7 @@ pub async fn on_ack(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(settled.map(|(_, op, body)| Settled { op, body }))
 }
 
 /// Marks commands past `exp_ms` without an ack as expired. Returns how many.

@@ -659,14 +659,23 @@ async fn apply_all(
     crate::orders::on_gateway_events(conn, &applied).await?;
     for g in &fresh {
         if let Message::Ack(ack) = &g.env.message {
-            crate::link::commands::on_ack(conn, g.ctx.gateway_id, ack, ms(g.env.ts)).await?;
-            // An order's `cmd unlock` answered: the order moves on (or fails over).
-            crate::orders::on_command_result(
+            let settled =
+                crate::link::commands::on_ack(conn, g.ctx.gateway_id, ack, ms(g.env.ts)).await?;
+            // An order's `cmd unlock` answered: the order moves on (or fails over). The
+            // command this ack just settled is known (no second read of it); one settled
+            // before (a repeated ack) is looked up as before.
+            let body = match settled {
+                Some(c) if c.op != "unlock" => continue,
+                Some(c) => Some(c.body),
+                None => None,
+            };
+            crate::orders::on_unlock_command_result(
                 conn,
                 g.ctx.gateway_id,
                 ack.cmd,
                 ack.result,
                 ms(g.env.ts),
+                body,
             )
             .await?;
         }

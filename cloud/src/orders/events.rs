@@ -2,7 +2,9 @@
 //!
 //! The link's ingest calls [`on_gateway_events`] once per batch with every applied event
 //! (batched reads and inserts, the same outcome as event by event), and the command ack
-//! hook calls [`on_command_result`], both inside the ingest transaction. Rules:
+//! hook calls [`on_unlock_command_result`] with the command its ack just settled (or
+//! [`on_command_result`], which reads the command), both inside the ingest transaction.
+//! Rules:
 //! - `ok` (event or ack) proves the lock opened: `paid`/`unlocking` → `unlocked`. On an
 //!   order that already failed over, a late `ok` cancels the refund if it was not sent yet
 //!   (`unlock_failed` → `unlocked`); if the money already went back, the order is flagged
@@ -21,10 +23,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dmr_protocol::message::{DoorChange, Event, ResultCode, UnlockEvent};
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, FromRow, Row};
 use uuid::Uuid;
 
-use super::{Actor, Also, OrderRow, Status, alert, load, refunds, transition};
+use super::{Actor, Also, ORDER_COLUMNS, OrderRow, Status, alert, load, refunds, transition};
 use crate::db::now_ms;
 use crate::error::ApiError;
 use crate::link::ingest::{in_list, placeholders, rows_per_statement};
@@ -162,8 +164,11 @@ fn via_str(via: Option<dmr_protocol::message::Presenter>) -> Option<&'static str
 /// calling the per-event rules one event after the other; what is batched is the work
 /// most events need and that cannot depend on an earlier event of the same batch:
 ///
-/// - ONE read of the open orders (`unlocking`, `unlocked`, `unlock_failed`, newest per
-///   lock) of every lock the batch's door events name, instead of one per door event;
+/// - ONE read ([`Known`]) of the whole rows of every order the batch's unlock events name
+///   and of the open orders (`unlocking`, `unlocked`, `unlock_failed`, newest per lock) of
+///   every lock its door events name, with each one's door evidence so far, instead of a
+///   lock read per batch plus an order read per event (an order the batch writes is read
+///   again before its next use);
 /// - ONE multi-row `order_unlock_events` insert (`ON CONFLICT (id) DO NOTHING RETURNING
 ///   id`, so a redelivered event still changes nothing) instead of one per event.
 ///
@@ -191,7 +196,17 @@ pub async fn on_gateway_events(
         .collect();
     door_locks.sort();
     door_locks.dedup();
-    let open = open_orders(conn, &door_locks).await?;
+    let mut named: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::Unlock(u) => u.order_id.filter(|o| !o.is_nil()).map(|o| o.to_string()),
+            _ => None,
+        })
+        .collect();
+    named.sort();
+    named.dedup();
+    let mut known = Known::read(conn, &named, &door_locks).await?;
+    let open = known.open_by_lock(&door_locks);
 
     // Plan every event and gather the evidence rows, in apply order.
     let mut touched: HashSet<Uuid> = HashSet::new();
@@ -207,7 +222,7 @@ pub async fn on_gateway_events(
             }
             Event::Door(d) if touched.contains(&d.lock_id) => Plan::Alone,
             Event::Door(d) => {
-                let order = open.get(&d.lock_id.to_string()).map(|(_, id)| id.clone());
+                let order = open.get(&d.lock_id.to_string()).cloned();
                 if order.is_some() {
                     touched.insert(d.lock_id);
                 }
@@ -254,19 +269,26 @@ pub async fn on_gateway_events(
                 if !new.contains(&a.event_id.to_string()) {
                     continue;
                 }
-                // Read again right before use, as the single-event path does: another
-                // transaction (the order jobs, a refund) may have moved it since the batch read.
                 let Some(order) = order else { continue };
-                let Some(order) = load(conn, &order).await? else {
+                let Some(row) = known.get(conn, &order).await? else {
                     continue;
                 };
-                door_rest(conn, a.gateway_id, d.door, at_ms(d.at, a.ts_ms), &order).await?;
+                // This event is the only door evidence of its order in the batch (a later
+                // one of the lock is done alone), so what was recorded before the batch
+                // plus this event is all there is.
+                let at = at_ms(d.at, a.ts_ms);
+                let cycled = known
+                    .doors
+                    .get(&order)
+                    .is_some_and(|s| s.with(d.door, at).cycled());
+                known.wrote(&order);
+                door_rest(conn, a.gateway_id, d.door, at, &row, cycled).await?;
             }
             (Plan::Unlock, Event::Unlock(e)) if new.contains(&a.event_id.to_string()) => {
-                unlock_rest(conn, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
+                unlock_rest(conn, &mut known, a.gateway_id, e, at_ms(e.at, a.ts_ms)).await?;
             }
             (Plan::Alone, Event::Door(d)) => {
-                door_alone(
+                let order = door_alone(
                     conn,
                     a.gateway_id,
                     a.event_id,
@@ -276,6 +298,9 @@ pub async fn on_gateway_events(
                     a.ts_ms,
                 )
                 .await?;
+                if let Some(order) = order {
+                    known.wrote(&order);
+                }
             }
             _ => {}
         }
@@ -283,33 +308,176 @@ pub async fn on_gateway_events(
     Ok(())
 }
 
-/// The open order of each lock (`unlocking`, `unlocked`, `unlock_failed`; the newest when
-/// there are several) as (created_at, id), in statements of at most 160 lock ids.
-async fn open_orders(
-    conn: &mut AnyConnection,
-    locks: &[String],
-) -> Result<HashMap<String, (i64, String)>, ApiError> {
-    let mut out: HashMap<String, (i64, String)> = HashMap::new();
-    for chunk in locks.chunks(rows_per_statement(1)) {
-        let sql = format!(
-            "SELECT lock_id, created_at, id FROM orders WHERE lock_id IN ({}) \
-             AND status IN ('unlocking', 'unlocked', 'unlock_failed')",
-            in_list(chunk.len())
-        );
-        let mut q = sqlx::query_as::<_, (String, i64, String)>(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(id.clone());
-        }
-        for (lock, created_at, id) in q.fetch_all(&mut *conn).await? {
-            let newer = out.get(&lock).is_none_or(|n| *n < (created_at, id.clone()));
-            if newer {
-                out.insert(lock, (created_at, id));
-            }
-        }
-    }
-    Ok(out)
+/// The door evidence an order had before the batch: its earliest `opened` and latest
+/// `closed` (by the gateway's clock). The door cycled when a close is at or after an open.
+#[derive(Clone, Copy, Debug, Default)]
+struct DoorSeen {
+    first_opened: Option<i64>,
+    last_closed: Option<i64>,
 }
 
+impl DoorSeen {
+    fn with(self, door: DoorChange, at: i64) -> DoorSeen {
+        match door {
+            DoorChange::Opened => DoorSeen {
+                first_opened: Some(self.first_opened.map_or(at, |o| o.min(at))),
+                ..self
+            },
+            DoorChange::Closed => DoorSeen {
+                last_closed: Some(self.last_closed.map_or(at, |c| c.max(at))),
+                ..self
+            },
+        }
+    }
+
+    fn cycled(self) -> bool {
+        matches!((self.first_opened, self.last_closed), (Some(o), Some(c)) if c >= o)
+    }
+}
+
+/// The orders of one batch, read once: every order an unlock event names and the open
+/// orders of every lock a door event names, with their door evidence so far. Used instead
+/// of a read per event; an order this batch writes is read again before its next use
+/// (`dirty`), so a later event of the batch sees what an earlier one did.
+///
+/// On SQLite the read is as fresh as a read right before use (the batch holds the write
+/// lock from its first insert on). On PostgreSQL another transaction (the order jobs, a
+/// refund, the HTTP drain) may move an order in between, as it could between a per-event
+/// read and its write before: every transition is conditional, and a proof of opening
+/// whose transition lost reads the order again and decides on what it finds ([`opened`]).
+struct Known {
+    rows: HashMap<String, OrderRow>,
+    doors: HashMap<String, DoorSeen>,
+    /// Ids the read looked for and did not find.
+    missing: HashSet<String>,
+    dirty: HashSet<String>,
+}
+
+impl Known {
+    async fn read(
+        conn: &mut AnyConnection,
+        ids: &[String],
+        locks: &[String],
+    ) -> Result<Known, ApiError> {
+        let mut known = Known {
+            rows: HashMap::new(),
+            doors: HashMap::new(),
+            missing: HashSet::new(),
+            dirty: HashSet::new(),
+        };
+        if ids.is_empty() && locks.is_empty() {
+            return Ok(known);
+        }
+        // One statement for both lists (a batch usually has a few of each); the lists are
+        // split only past the parameter cap.
+        let per = rows_per_statement(1);
+        let id_chunks: Vec<&[String]> = ids.chunks(per).collect();
+        let lock_chunks: Vec<&[String]> = locks.chunks(per).collect();
+        for i in 0..id_chunks.len().max(lock_chunks.len()) {
+            let by_id = id_chunks.get(i).copied().unwrap_or(&[]);
+            let by_lock = lock_chunks.get(i).copied().unwrap_or(&[]);
+            let mut cond = Vec::new();
+            if !by_id.is_empty() {
+                cond.push(format!("id IN ({})", in_list(by_id.len())));
+            }
+            if !by_lock.is_empty() {
+                let list: Vec<String> = (by_id.len() + 1..=by_id.len() + by_lock.len())
+                    .map(|n| format!("${n}"))
+                    .collect();
+                cond.push(format!(
+                    "(lock_id IN ({}) AND status IN ('unlocking', 'unlocked', 'unlock_failed'))",
+                    list.join(", ")
+                ));
+            }
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS}, \
+                 (SELECT MIN(e.at) FROM order_unlock_events e WHERE e.order_id = orders.id \
+                  AND e.source = 'door' AND e.result = 'opened') AS door_first_opened, \
+                 (SELECT MAX(e.at) FROM order_unlock_events e WHERE e.order_id = orders.id \
+                  AND e.source = 'door' AND e.result = 'closed') AS door_last_closed \
+                 FROM orders WHERE {}",
+                cond.join(" OR ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in by_id.iter().chain(by_lock) {
+                q = q.bind(id.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let order = OrderRow::from_row(&row)?;
+                let seen = DoorSeen {
+                    first_opened: row.try_get("door_first_opened")?,
+                    last_closed: row.try_get("door_last_closed")?,
+                };
+                known.doors.insert(order.id.clone(), seen);
+                known.rows.insert(order.id.clone(), order);
+            }
+            for id in by_id {
+                if !known.rows.contains_key(id) {
+                    known.missing.insert(id.clone());
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// The open order of each of `locks` (`unlocking`, `unlocked`, `unlock_failed`; the
+    /// newest when there are several), by lock id.
+    fn open_by_lock(&self, locks: &[String]) -> HashMap<String, String> {
+        let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+        for o in self.rows.values() {
+            let open = matches!(
+                o.status(),
+                Status::Unlocking | Status::Unlocked | Status::UnlockFailed
+            );
+            if !open || locks.binary_search(&o.lock_id).is_err() {
+                continue;
+            }
+            let key = (o.created_at, o.id.as_str());
+            let slot = newest.entry(o.lock_id.as_str()).or_insert(key);
+            if *slot < key {
+                *slot = key;
+            }
+        }
+        newest
+            .into_iter()
+            .map(|(lock, (_, id))| (lock.to_string(), id.to_string()))
+            .collect()
+    }
+
+    /// The order as it is now: from the batch read, or read again if this batch wrote it
+    /// since (or it was not part of the read).
+    async fn get(
+        &mut self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<OrderRow>, ApiError> {
+        if !self.dirty.contains(id) {
+            if let Some(o) = self.rows.get(id) {
+                return Ok(Some(o.clone()));
+            }
+            if self.missing.contains(id) {
+                return Ok(None);
+            }
+        }
+        let fresh = load(conn, id).await?;
+        self.dirty.remove(id);
+        match &fresh {
+            Some(o) => {
+                self.rows.insert(id.to_string(), o.clone());
+            }
+            None => {
+                self.rows.remove(id);
+                self.missing.insert(id.to_string());
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// The batch is about to change this order: its next use reads it again.
+    fn wrote(&mut self, id: &str) {
+        self.dirty.insert(id.to_string());
+    }
+}
 /// Inserts evidence rows once each, in multi-row statements; returns the ids that were
 /// new (an id already recorded, by an earlier batch or another path, is not).
 async fn record_many(
@@ -344,6 +512,7 @@ async fn record_many(
 }
 
 /// A door event on its own: the lock's open order now, the evidence, then the rules.
+/// Returns the order it was applied to, if any.
 async fn door_alone(
     conn: &mut AnyConnection,
     gateway_id: Uuid,
@@ -352,7 +521,7 @@ async fn door_alone(
     door: DoorChange,
     at: u64,
     ts_ms: i64,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let at = at_ms(at, ts_ms);
     let order: Option<String> = sqlx::query_scalar(
         "SELECT id FROM orders WHERE lock_id = $1 \
@@ -376,23 +545,27 @@ async fn door_alone(
     )
     .await?
     {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(order) = order else { return Ok(()) };
+    let Some(order) = order else { return Ok(None) };
     let Some(order) = load(conn, &order).await? else {
-        return Ok(());
+        return Ok(None);
     };
-    door_rest(conn, gateway_id, door, at, &order).await
+    door_rest(conn, gateway_id, door, at, &order, false).await?;
+    Ok(Some(order.id))
 }
 
 /// A new door event of `order` (its evidence recorded, `order` as it is now): the door
 /// opening proves the unlock, and a recorded open-then-close completes the order.
+/// `cycled`: the caller already knows the recorded evidence shows a cycle (evidence is only
+/// ever added, so that cannot become untrue); when false the evidence is asked.
 async fn door_rest(
     conn: &mut AnyConnection,
     gateway_id: Uuid,
     door: DoorChange,
     at: i64,
     order: &OrderRow,
+    cycled: bool,
 ) -> Result<(), ApiError> {
     let actor = Actor::Gateway(gateway_id.to_string());
     if door == DoorChange::Opened {
@@ -415,7 +588,7 @@ async fn door_rest(
     // batches on several workers at once, so a `closed` can be applied before the
     // `opened` that preceded it at the door. What counts is the recorded evidence
     // (a close at or after an open, by the gateway's clock), not arrival order.
-    if door_cycled(conn, &order.id).await? {
+    if cycled || door_cycled(conn, &order.id).await? {
         transition(
             conn,
             &order.id,
@@ -450,6 +623,7 @@ async fn door_cycled(conn: &mut AnyConnection, order_id: &str) -> Result<bool, A
 /// names.
 async fn unlock_rest(
     conn: &mut AnyConnection,
+    known: &mut Known,
     gateway_id: Uuid,
     e: &UnlockEvent,
     at: i64,
@@ -459,7 +633,7 @@ async fn unlock_rest(
     let Some(order_id) = order_id else {
         return Ok(());
     };
-    let Some(order) = load(conn, &order_id).await? else {
+    let Some(order) = known.get(conn, &order_id).await? else {
         if e.result == ResultCode::Ok {
             alert(
                 conn,
@@ -490,6 +664,15 @@ async fn unlock_rest(
         return Ok(());
     }
     let actor = Actor::Gateway(gateway_id.to_string());
+    if matches!(
+        e.result,
+        ResultCode::Ok
+            | ResultCode::LockUnreachable
+            | ResultCode::LockFault
+            | ResultCode::StorageError
+    ) {
+        known.wrote(&order.id);
+    }
     match e.result {
         ResultCode::Ok => {
             let how = via.unwrap_or("unknown");
@@ -525,31 +708,38 @@ async fn unlock_rest(
 /// through `orders.unlock_command_id`, which has no index (every ack scanned the whole
 /// orders table, a cost that grew with every order ever sold) and is written only after the
 /// command is published, so a fast ack could arrive before it and find no order.
+/// `body`: the command's stored body when the caller already has it (the ack's own update
+/// returned it), else it is read here.
 async fn order_of_command(
     conn: &mut AnyConnection,
     gateway_id: Uuid,
     cmd_id: Uuid,
-) -> Result<Option<String>, ApiError> {
-    let body: Option<String> = sqlx::query_scalar(
-        "SELECT body FROM gateway_commands WHERE id = $1 AND gateway_id = $2 AND op = 'unlock'",
-    )
-    .bind(cmd_id.to_string())
-    .bind(gateway_id.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
+    body: Option<String>,
+) -> Result<Option<OrderRow>, ApiError> {
+    let body = match body {
+        Some(b) => Some(b),
+        None => sqlx::query_scalar(
+            "SELECT body FROM gateway_commands WHERE id = $1 AND gateway_id = $2 AND op = 'unlock'",
+        )
+        .bind(cmd_id.to_string())
+        .bind(gateway_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?,
+    };
     let token_id = body
         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["token_id"].as_str().map(String::from));
     let Some(token_id) = token_id else {
         return Ok(None);
     };
-    Ok(
-        sqlx::query_scalar("SELECT id FROM orders WHERE token_id = $1 AND gateway_id = $2")
-            .bind(token_id)
-            .bind(gateway_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
+    // The whole row at once: the order is needed right after, and a read by id on top
+    // would be a second round trip for the same row.
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE token_id = $1 AND gateway_id = $2");
+    Ok(sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql))
+        .bind(token_id)
+        .bind(gateway_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?)
 }
 
 /// The ack hook: the result of the `cmd unlock` an order sent.
@@ -560,10 +750,21 @@ pub async fn on_command_result(
     result: ResultCode,
     ts_ms: i64,
 ) -> Result<(), ApiError> {
-    let Some(order_id) = order_of_command(conn, gateway_id, cmd_id).await? else {
-        return Ok(());
-    };
-    let Some(order) = load(conn, &order_id).await? else {
+    on_unlock_command_result(conn, gateway_id, cmd_id, result, ts_ms, None).await
+}
+
+/// [`on_command_result`] for an ack whose `cmd unlock` the caller has just settled and
+/// whose stored body it holds (`unlock_body`, from
+/// [`crate::link::commands::on_ack`]): the same rules without reading the command again.
+pub async fn on_unlock_command_result(
+    conn: &mut AnyConnection,
+    gateway_id: Uuid,
+    cmd_id: Uuid,
+    result: ResultCode,
+    ts_ms: i64,
+    unlock_body: Option<String>,
+) -> Result<(), ApiError> {
+    let Some(order) = order_of_command(conn, gateway_id, cmd_id, unlock_body).await? else {
         return Ok(());
     };
     let lock = Uuid::try_parse(&order.lock_id).unwrap_or_default();
@@ -604,7 +805,10 @@ pub async fn on_command_result(
     }
 }
 
-/// Proof the lock opened for `order`.
+/// Proof the lock opened for `order`. `order` may have been read a little earlier in the
+/// transaction (the batch read): if the `paid`/`unlocking` → `unlocked` transition loses,
+/// the order moved meanwhile (the unlock timeout, a refund), so it is read again and the
+/// rules are applied once more to what it is now.
 async fn opened(
     conn: &mut AnyConnection,
     order: &OrderRow,
@@ -612,10 +816,27 @@ async fn opened(
     reason: &str,
     at: i64,
 ) -> Result<(), ApiError> {
+    if opened_as(conn, order, actor, reason, at).await? {
+        return Ok(());
+    }
+    if let Some(now) = load(conn, &order.id).await? {
+        opened_as(conn, &now, actor, reason, at).await?;
+    }
+    Ok(())
+}
+
+/// [`opened`] on `order` as given; false if its transition to `unlocked` lost.
+async fn opened_as(
+    conn: &mut AnyConnection,
+    order: &OrderRow,
+    actor: &Actor,
+    reason: &str,
+    at: i64,
+) -> Result<bool, ApiError> {
     let now = now_ms();
     match order.status() {
         from @ (Status::Paid | Status::Unlocking) => {
-            transition(
+            return transition(
                 conn,
                 &order.id,
                 from,
@@ -625,7 +846,7 @@ async fn opened(
                 now,
                 Also::default(),
             )
-            .await?;
+            .await;
         }
         Status::UnlockFailed => {
             let cancelled = refunds::cancel_unsent(conn, &order.id, now).await?;
@@ -662,7 +883,7 @@ async fn opened(
         }
         Status::Unlocked | Status::Completed => {}
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn flag(
@@ -742,4 +963,33 @@ pub async fn fail_and_refund(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_door_cycle_is_a_close_at_or_after_an_open() {
+        let none = DoorSeen::default();
+        assert!(!none.cycled());
+        assert!(!none.with(DoorChange::Opened, 100).cycled());
+        assert!(!none.with(DoorChange::Closed, 100).cycled());
+        // The batch's own event completes what earlier batches recorded, in either order.
+        let opened = none.with(DoorChange::Opened, 100);
+        assert!(
+            opened.with(DoorChange::Closed, 100).cycled(),
+            "a tie counts"
+        );
+        assert!(opened.with(DoorChange::Closed, 400).cycled());
+        assert!(!opened.with(DoorChange::Closed, 99).cycled());
+        let closed = none.with(DoorChange::Closed, 300);
+        assert!(closed.with(DoorChange::Opened, 200).cycled());
+        assert!(!closed.with(DoorChange::Opened, 400).cycled());
+        // The earliest open and the latest close are what count.
+        let both = closed.with(DoorChange::Opened, 400);
+        assert!(!both.cycled());
+        assert!(both.with(DoorChange::Opened, 250).cycled());
+        assert!(both.with(DoorChange::Closed, 450).cycled());
+    }
 }

@@ -36,7 +36,9 @@ use crate::db::{new_id, now_ms};
 use crate::error::ApiError;
 use crate::payments::Providers;
 
-pub use events::{AppliedEvent, on_command_result, on_gateway_event, on_gateway_events};
+pub use events::{
+    AppliedEvent, on_command_result, on_gateway_event, on_gateway_events, on_unlock_command_result,
+};
 
 /// Where an order is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -11,6 +11,8 @@ use crate::on_every_backend;
 on_every_backend!(
     batched_order_events_match_one_by_one,
     door_events_through_ingest_in_one_batch,
+    door_evidence_of_earlier_batches_decides_completion,
+    acks_through_ingest_settle_the_command_and_move_the_order,
 );
 
 mod scenarios {
@@ -19,7 +21,7 @@ mod scenarios {
     use dmr_cloud::orders::AppliedEvent;
     use dmr_protocol::keys::{generate, public_b64u};
     use dmr_protocol::message::{
-        DoorChange, DoorEvent, Event, Message, Presenter, ResultCode, UnlockEvent,
+        Ack, DoorChange, DoorEvent, Event, Message, Presenter, ResultCode, UnlockEvent,
     };
     use reqwest::StatusCode;
     use serde_json::{Value, json};
@@ -442,6 +444,244 @@ mod scenarios {
         assert!(again.iter().all(|o| *o == Outcome::Duplicate), "{again:?}");
         assert_eq!(scalar(&app, count, &order).await, before);
         assert_eq!(order_status(&app, &order).await, "completed");
+        app.stop().await;
+    }
+
+    /// The batch knows an order's door evidence from its one read (what earlier batches
+    /// recorded) plus its own event: a close in a later batch completes an order whose open
+    /// an earlier batch recorded, a close older than that open does not, and a later open
+    /// after such a close does. Each step is its own batch (its own transaction).
+    pub async fn door_evidence_of_earlier_batches_decides_completion(kind: &DbKind) {
+        use DoorChange::{Closed, Opened};
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let gw = Uuid::parse_str(&w.a.gateway_id).unwrap();
+        let lock = Uuid::parse_str(&w.a.lock_id).unwrap();
+        // (what, batches of (door, offset), status after each batch)
+        type Case = (&'static str, Vec<Vec<(DoorChange, i64)>>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                "open, then close in a later batch",
+                vec![vec![(Opened, 100)], vec![(Closed, 400)]],
+                vec!["unlocked", "completed"],
+            ),
+            (
+                "a close older than the recorded open, then a newer close",
+                vec![vec![(Opened, 100)], vec![(Closed, 50)], vec![(Closed, 400)]],
+                vec!["unlocked", "unlocked", "completed"],
+            ),
+            (
+                "a close first, then an older open: no cycle; a newer open: cycle",
+                vec![
+                    vec![(Closed, 300)],
+                    vec![(Opened, 400)],
+                    vec![(Opened, 200)],
+                ],
+                vec!["unlocked", "unlocked", "completed"],
+            ),
+        ];
+        for (what, batches, want) in cases {
+            let order = start_order(&app, &w.a, Start::Unlocked).await;
+            let t0 = now_ms();
+            for (i, batch) in batches.iter().enumerate() {
+                let events: Vec<(Uuid, Event)> = batch
+                    .iter()
+                    .map(|(door, off)| {
+                        (
+                            Uuid::now_v7(),
+                            Event::Door(DoorEvent {
+                                lock_id: lock,
+                                door: *door,
+                                at: u64::try_from(t0 + off).unwrap(),
+                            }),
+                        )
+                    })
+                    .collect();
+                let applied: Vec<AppliedEvent<'_>> = events
+                    .iter()
+                    .map(|(id, ev)| AppliedEvent {
+                        gateway_id: gw,
+                        event_id: *id,
+                        event: ev,
+                        ts_ms: t0,
+                    })
+                    .collect();
+                let mut conn = app.state.db.pool.acquire().await.unwrap();
+                let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
+                dmr_cloud::orders::on_gateway_events(&mut tx, &applied)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                drop(conn);
+                assert_eq!(
+                    order_status(&app, &order).await,
+                    want[i],
+                    "{what}: batch {i}"
+                );
+            }
+            let completions = scalar(
+                &app,
+                "SELECT COUNT(*) FROM order_transitions WHERE order_id = $1 AND to_status = 'completed'",
+                &order,
+            )
+            .await;
+            assert_eq!(
+                completions,
+                i64::from(want.last() == Some(&"completed")),
+                "{what}"
+            );
+            retire(&app, &order).await;
+        }
+        app.stop().await;
+    }
+
+    /// Signed acks through `Ingest::submit_many`: the ack settles its command in one update
+    /// (result, latency from the command's own creation time) and the order hook uses the
+    /// command it returned. `ok` unlocks; a repeated ack (another message, same command) is
+    /// recorded unmatched and moves nothing; a failed ack fails the order over with a
+    /// refund; an ack of a command that is not an unlock settles it and touches no order.
+    pub async fn acks_through_ingest_settle_the_command_and_move_the_order(kind: &DbKind) {
+        let app = TestApp::spawn(kind).await;
+        let w = seed_world(&app).await;
+        app.state.orders.set_dispatcher(Recorder::new(false));
+        let key = generate();
+        sqlx::query("UPDATE gateways SET status = 'enrolled', public_key = $1 WHERE id = $2")
+            .bind(public_b64u(&key.verifying_key()))
+            .bind(w.a.gateway_id.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let gw = Uuid::parse_str(&w.a.gateway_id).unwrap();
+        // A stored command as the dispatch writes it: the token by its id.
+        let command = |op: &'static str, token_id: Option<String>| {
+            let app = &app;
+            let w = &w;
+            async move {
+                let id = Uuid::now_v7();
+                let body = json!({ "op": op, "token_id": token_id }).to_string();
+                sqlx::query(
+                    "INSERT INTO gateway_commands (id, gateway_id, merchant_id, lock_id, op, body, \
+                     key_id, exp_ms, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, 'sent', $8)",
+                )
+                .bind(id.to_string())
+                .bind(w.a.gateway_id.clone())
+                .bind(w.a.merchant_id.clone())
+                .bind(w.a.lock_id.clone())
+                .bind(op)
+                .bind(body)
+                .bind(now_ms() + 60_000)
+                .bind(now_ms() - 250)
+                .execute(&app.state.db.pool)
+                .await
+                .unwrap();
+                id
+            }
+        };
+        let token_of = |order: String| {
+            let pool = app.state.db.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, Option<String>>("SELECT token_id FROM orders WHERE id = $1")
+                    .bind(order)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        let settled = |cmd: Uuid| {
+            let pool = app.state.db.pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, Option<String>, Option<i64>)>(
+                    "SELECT status, result, latency_ms FROM gateway_commands WHERE id = $1",
+                )
+                .bind(cmd.to_string())
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        let ack = |cmd: Uuid, result: ResultCode| {
+            Message::Ack(Ack {
+                cmd,
+                result,
+                latency_ms: 12,
+            })
+        };
+        let submit = |msgs: Vec<String>| {
+            let app = &app;
+            async move {
+                let items: Vec<(Uuid, &str)> = msgs.iter().map(|m| (gw, m.as_str())).collect();
+                app.state
+                    .ingest
+                    .submit_many(Via::Mqtt, &items)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // 1. ok: the command is settled and the order unlocked, once.
+        let order = start_order(&app, &w.a, Start::Unlocking).await;
+        let cmd = command("unlock", token_of(order.clone()).await).await;
+        let (_, first) = signed(gw, &key, now_ms(), ack(cmd, ResultCode::Ok));
+        assert_eq!(submit(vec![first]).await, vec![Outcome::Applied]);
+        let (status, result, latency) = settled(cmd).await;
+        assert_eq!((status.as_str(), result.as_deref()), ("acked", Some("ok")));
+        let latency = latency.unwrap();
+        assert!((250..60_000).contains(&latency), "latency {latency} ms");
+        assert_eq!(order_status(&app, &order).await, "unlocked");
+        // A second ack of the same command (another message): recorded, unmatched, and
+        // the order moves no further.
+        let (_, again) = signed(gw, &key, now_ms(), ack(cmd, ResultCode::Ok));
+        assert_eq!(submit(vec![again]).await, vec![Outcome::Applied]);
+        let matched: Vec<i64> = sqlx::query_scalar(
+            "SELECT matched FROM gateway_command_acks WHERE command_id = $1 ORDER BY received_at, matched DESC",
+        )
+        .bind(cmd.to_string())
+        .fetch_all(&app.state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(matched, vec![1, 0]);
+        let to_unlocked =
+            "SELECT COUNT(*) FROM order_transitions WHERE order_id = $1 AND to_status = 'unlocked'";
+        assert_eq!(scalar(&app, to_unlocked, &order).await, 1);
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM order_unlock_events WHERE order_id = $1 AND source = 'ack'",
+                &order
+            )
+            .await,
+            1
+        );
+        retire(&app, &order).await;
+
+        // 2. A failed ack: unlock_failed with an automatic refund.
+        let order = start_order(&app, &w.a, Start::Unlocking).await;
+        let cmd = command("unlock", token_of(order.clone()).await).await;
+        let (_, failed) = signed(gw, &key, now_ms(), ack(cmd, ResultCode::LockFault));
+        assert_eq!(submit(vec![failed]).await, vec![Outcome::Applied]);
+        assert_eq!(settled(cmd).await.1.as_deref(), Some("lock_fault"));
+        assert_eq!(order_status(&app, &order).await, "unlock_failed");
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT COUNT(*) FROM refunds WHERE order_id = $1",
+                &order
+            )
+            .await,
+            1
+        );
+        retire(&app, &order).await;
+
+        // 3. An ack of another kind of command, even one whose body names an order's token,
+        // settles the command and leaves the order alone.
+        let order = start_order(&app, &w.a, Start::Unlocking).await;
+        let cmd = command("tokens.put", token_of(order.clone()).await).await;
+        let (_, other) = signed(gw, &key, now_ms(), ack(cmd, ResultCode::Ok));
+        assert_eq!(submit(vec![other]).await, vec![Outcome::Applied]);
+        assert_eq!(settled(cmd).await.0, "acked");
+        assert_eq!(order_status(&app, &order).await, "unlocking");
+        retire(&app, &order).await;
         app.stop().await;
     }
 }
