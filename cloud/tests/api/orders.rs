@@ -284,6 +284,7 @@ mod scenarios {
 
     use super::support::*;
     use crate::common::{DbKind, TestApp, error_code, seed_world};
+    use crate::order_fixtures::*;
 
     const DAY_MS: i64 = 24 * 3_600_000;
 
@@ -294,14 +295,7 @@ mod scenarios {
         app.state.orders.set_dispatcher(rec.clone());
         let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
 
-        let (s, lock) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, lock) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK, "{lock}");
         assert_eq!(lock["available"], true);
         assert_eq!(lock["price_plans"][0]["price_fen"], 300);
@@ -316,14 +310,7 @@ mod scenarios {
         assert_eq!(a["order"]["amount_fen"], 300, "the amount is the plan's");
         let id = a["order"]["id"].as_str().unwrap().to_string();
         let key = a["access_key"].as_str().unwrap().to_string();
-        let (s, l) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, l) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(l["available"], false, "the lock is taken by the order");
 
@@ -370,55 +357,22 @@ mod scenarios {
         assert_eq!(a["order"]["lock_name"], b["order"]["lock_name"]);
         assert_eq!(a["order"]["venue_name"], b["order"]["venue_name"]);
         assert_eq!(a["payment"], b["payment"], "the same payment step");
-        let (s, t) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, t) = offline_token(&app, &id, &key).await;
         assert_eq!(s, StatusCode::OK, "{t}");
         assert_eq!(t["token"].as_str().unwrap(), sent[0].1);
 
         // `accepted` is not proof of opening.
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Accepted, Presenter::Cloud),
-        )
-        .await;
+        unlock_reported(&app, &w.a, &id, ResultCode::Accepted, Presenter::Cloud).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        lock_opened(&app, &w.a, &id).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
+        door(&app, &w.a, DoorChange::Closed).await;
         assert_eq!(
             order_status(&app, &id).await,
             "unlocked",
             "closed before opening means nothing"
         );
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Opened),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
+        door_cycle(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "completed");
 
         // The phone's view, with and without the key.
@@ -543,14 +497,7 @@ mod scenarios {
         let t = dmr_cloud::db::now_ms();
 
         // Unlocked by the unlock event, then the close arrives before the open.
-        let (id, _, payment) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        let (id, _) = opened_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 400)).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
@@ -563,9 +510,8 @@ mod scenarios {
 
         // The next order on the lock: open and close both arrive while it is still
         // `unlocking` (the ack not applied yet), close first; the open completes it.
-        let (id2, _, payment2) = new_order(&app, &w.a).await;
+        let (id2, _, _) = paid_order(&app, &w.a).await;
         assert_ne!(id2, id);
-        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
         assert_eq!(order_status(&app, &id2).await, "unlocking");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 2_400)).await;
         assert_eq!(order_status(&app, &id2).await, "unlocking");
@@ -573,8 +519,7 @@ mod scenarios {
         assert_eq!(order_status(&app, &id2).await, "completed");
 
         // A third: a close older than the open (a stray from before) is not a cycle.
-        let (id3, _, payment3) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment3, "").await, StatusCode::OK);
+        let (id3, _, _) = paid_order(&app, &w.a).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_000)).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 4_100)).await;
         assert_eq!(order_status(&app, &id3).await, "unlocked");
@@ -591,14 +536,7 @@ mod scenarios {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
-        let (id, _, payment) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        let (id, _) = opened_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         let (unlocked_at, minutes): (i64, i64) =
             sqlx::query_as("SELECT unlocked_at, duration_minutes FROM orders WHERE id = $1")
@@ -820,8 +758,7 @@ mod scenarios {
         let w = seed_world(&app).await;
         // The gateway is offline: the command cannot be sent.
         app.state.orders.set_dispatcher(Recorder::new(true));
-        let (id, key, payment_id) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        let (id, key, _) = paid_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
         let t0 = now_ms();
         let r = run_once(&app.state, t0 + 10_000).await.unwrap();
@@ -840,21 +777,9 @@ mod scenarios {
             "the refund waits its grace period"
         );
         // The phone shows the offline token; the venue scanner opens; the event arrives late.
-        let (s, _) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, _) = offline_token(&app, &id, &key).await;
         assert_eq!(s, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Scanner),
-        )
-        .await;
+        unlock_reported(&app, &w.a, &id, ResultCode::Ok, Presenter::Scanner).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         assert_eq!(
             scalar(
@@ -873,8 +798,7 @@ mod scenarios {
         );
 
         // Second order: nobody opens; after the grace the refund goes out.
-        let (id2, _, payment2) = new_order(&app, &w.b).await;
-        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
+        let (id2, _, _) = paid_order(&app, &w.b).await;
         let t1 = now_ms();
         run_once(&app.state, t1 + 31_000).await.unwrap();
         assert_eq!(order_status(&app, &id2).await, "unlock_failed");
@@ -896,12 +820,7 @@ mod scenarios {
             "an opened order's token stays"
         );
         // Opening after the refund went out: flagged for review, not reversed.
-        gateway_event(
-            &app,
-            &w.b.gateway_id,
-            unlock_event(&w.b.lock_id, &id2, ResultCode::Ok, Presenter::Scanner),
-        )
-        .await;
+        unlock_reported(&app, &w.b, &id2, ResultCode::Ok, Presenter::Scanner).await;
         assert_eq!(order_status(&app, &id2).await, "refunded");
         let (_, d) = app.get(&format!("/api/v1/orders/{id2}"), &w.b.owner).await;
         assert!(d["review_reason"].is_string(), "{d}");
@@ -981,34 +900,8 @@ mod scenarios {
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
         // Merchant A: 500 bp. Two orders of 300 fen; one opened, one refunded 100 fen.
-        let (o1, _, p1) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &o1, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Opened),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
-        let (o2, _, p2) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &o2, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        let (o1, _) = completed_order(&app, &w.a).await;
+        let (o2, _) = opened_order(&app, &w.a).await;
         let (s, _) = app
             .post(
                 &format!("/api/v1/orders/{o2}/refund"),
@@ -1134,8 +1027,7 @@ mod scenarios {
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
         // Tenant A: one order paid (300 fen) and partly refunded (100 fen) today.
-        let (id, _, payment_id) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        let (id, _, _) = paid_order(&app, &w.a).await;
         let (s, d) = app
             .post(
                 &format!("/api/v1/orders/{id}/refund"),
@@ -1248,8 +1140,7 @@ mod scenarios {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
-        let (o1, _, p1) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
+        let (o1, _, _) = paid_order(&app, &w.a).await;
         for amount in [100, 50] {
             let (s, d) = app
                 .post(
@@ -1260,14 +1151,12 @@ mod scenarios {
                 .await;
             assert_eq!(s, StatusCode::OK, "{d}");
         }
-        let (o2, _, p2) = new_order(&app, &w.b).await;
-        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
+        let (o2, _, _) = paid_order(&app, &w.b).await;
         let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
         assert_eq!(r.settlements, 2, "A and B");
         assert!(ledger_count(&app, &o1, "commission").await >= 1);
         // A payment after settlement lands in the same day's roll-up row of A's lock.
-        let (o3, _, p3) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p3, "").await, StatusCode::OK);
+        let (o3, _, _) = paid_order(&app, &w.a).await;
         assert_eq!(ledger_count(&app, &o3, "payment").await, 1);
         assert_eq!(ledger_count(&app, &o2, "payment").await, 1);
 
