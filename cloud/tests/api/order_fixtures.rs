@@ -12,16 +12,17 @@ use serde_json::Value;
 use crate::common::{Tenant, TestApp};
 use crate::orders::support::{door_event, gateway_event, new_order, pay, unlock_event};
 
-/// An order on the tenant's lock that the payer paid on the sandbox page.
-/// Returns (order id, access key, payment id), as `new_order` does.
-pub async fn paid_order(app: &TestApp, t: &Tenant) -> (String, String, String) {
+/// An order on the tenant's lock that the payer paid on the sandbox page:
+/// (order id, access key). A scenario that pays in its own way (a failure mode of the
+/// sandbox, a second payment) uses `new_order` and `pay` itself.
+pub async fn paid_order(app: &TestApp, t: &Tenant) -> (String, String) {
     let (id, key, payment) = new_order(app, t).await;
     assert_eq!(
         pay(app, &payment, "").await,
         StatusCode::OK,
         "paying order {id}"
     );
-    (id, key, payment)
+    (id, key)
 }
 
 /// The tenant's gateway reports an unlock of its lock for `order`.
@@ -47,7 +48,7 @@ pub async fn lock_opened(app: &TestApp, t: &Tenant, order: &str) {
 
 /// A paid order whose lock the gateway reports opened: (order id, access key).
 pub async fn opened_order(app: &TestApp, t: &Tenant) -> (String, String) {
-    let (id, key, _) = paid_order(app, t).await;
+    let (id, key) = paid_order(app, t).await;
     lock_opened(app, t, &id).await;
     (id, key)
 }

@@ -510,7 +510,7 @@ mod scenarios {
 
         // The next order on the lock: open and close both arrive while it is still
         // `unlocking` (the ack not applied yet), close first; the open completes it.
-        let (id2, _, _) = paid_order(&app, &w.a).await;
+        let (id2, _) = paid_order(&app, &w.a).await;
         assert_ne!(id2, id);
         assert_eq!(order_status(&app, &id2).await, "unlocking");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 2_400)).await;
@@ -519,7 +519,7 @@ mod scenarios {
         assert_eq!(order_status(&app, &id2).await, "completed");
 
         // A third: a close older than the open (a stray from before) is not a cycle.
-        let (id3, _, _) = paid_order(&app, &w.a).await;
+        let (id3, _) = paid_order(&app, &w.a).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_000)).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 4_100)).await;
         assert_eq!(order_status(&app, &id3).await, "unlocked");
@@ -758,7 +758,7 @@ mod scenarios {
         let w = seed_world(&app).await;
         // The gateway is offline: the command cannot be sent.
         app.state.orders.set_dispatcher(Recorder::new(true));
-        let (id, key, _) = paid_order(&app, &w.a).await;
+        let (id, key) = paid_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
         let t0 = now_ms();
         let r = run_once(&app.state, t0 + 10_000).await.unwrap();
@@ -798,7 +798,7 @@ mod scenarios {
         );
 
         // Second order: nobody opens; after the grace the refund goes out.
-        let (id2, _, _) = paid_order(&app, &w.b).await;
+        let (id2, _) = paid_order(&app, &w.b).await;
         let t1 = now_ms();
         run_once(&app.state, t1 + 31_000).await.unwrap();
         assert_eq!(order_status(&app, &id2).await, "unlock_failed");
@@ -1027,7 +1027,7 @@ mod scenarios {
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
         // Tenant A: one order paid (300 fen) and partly refunded (100 fen) today.
-        let (id, _, _) = paid_order(&app, &w.a).await;
+        let (id, _) = paid_order(&app, &w.a).await;
         let (s, d) = app
             .post(
                 &format!("/api/v1/orders/{id}/refund"),
@@ -1140,7 +1140,7 @@ mod scenarios {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
-        let (o1, _, _) = paid_order(&app, &w.a).await;
+        let (o1, _) = paid_order(&app, &w.a).await;
         for amount in [100, 50] {
             let (s, d) = app
                 .post(
@@ -1151,12 +1151,12 @@ mod scenarios {
                 .await;
             assert_eq!(s, StatusCode::OK, "{d}");
         }
-        let (o2, _, _) = paid_order(&app, &w.b).await;
+        let (o2, _) = paid_order(&app, &w.b).await;
         let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
         assert_eq!(r.settlements, 2, "A and B");
         assert!(ledger_count(&app, &o1, "commission").await >= 1);
         // A payment after settlement lands in the same day's roll-up row of A's lock.
-        let (o3, _, _) = paid_order(&app, &w.a).await;
+        let (o3, _) = paid_order(&app, &w.a).await;
         assert_eq!(ledger_count(&app, &o3, "payment").await, 1);
         assert_eq!(ledger_count(&app, &o2, "payment").await, 1);
 
