@@ -1,16 +1,26 @@
 //! Fixtures for the steps the order scenarios (orders.rs, wechatpay.rs, wechat_oauth.rs)
-//! repeat: a paid order, the gateway reporting an unlock or a door change for a tenant's
-//! lock, a door cycle, and the phone's public GETs (the lock page, the offline token).
-//! Each is a short sequence of the helpers in `orders::support`, written once so a scenario
-//! reads as the story it tests. They assert only what every caller needs to go on (the
-//! payment page answered 200); each scenario keeps its own assertions about what follows.
+//! repeat: the app whose unlock commands are recorded, a paid order, the gateway reporting
+//! an unlock or a door change for a tenant's lock, a door cycle, a merchant's refund, and
+//! the phone's public GETs (the lock page, the offline token). Each is a short sequence of
+//! the helpers in `orders::support`, written once so a scenario reads as the story it
+//! tests. They assert only what every caller needs to go on (the payment page answered
+//! 200); each scenario keeps its own assertions about what follows.
 
 use dmr_protocol::message::{DoorChange, Presenter, ResultCode};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::{Tenant, TestApp};
-use crate::orders::support::{door_event, gateway_event, new_order, pay, unlock_event};
+use crate::common::{DbKind, Tenant, TestApp, World, seed_world};
+use crate::orders::support::{Recorder, door_event, gateway_event, new_order, pay, unlock_event};
+
+/// The app with the two seeded tenants, its unlock commands recorded instead of sent (there
+/// is no gateway link in these tests): where most order scenarios start.
+pub async fn spawn_order_world(kind: &DbKind) -> (TestApp, World) {
+    let app = TestApp::spawn(kind).await;
+    let w = seed_world(&app).await;
+    app.state.orders.set_dispatcher(Recorder::new(false));
+    (app, w)
+}
 
 /// An order on the tenant's lock that the payer paid on the sandbox page:
 /// (order id, access key). A scenario that pays in its own way (a failure mode of the
@@ -91,4 +101,15 @@ pub async fn offline_token(app: &TestApp, id: &str, key: &str) -> (StatusCode, V
         None,
     )
     .await
+}
+
+/// A merchant's refund of an order: POST /api/v1/orders/{id}/refund as `who` with `body`.
+pub async fn merchant_refund(
+    app: &TestApp,
+    who: &str,
+    id: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    app.post(&format!("/api/v1/orders/{id}/refund"), who, body)
+        .await
 }

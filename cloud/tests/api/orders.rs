@@ -484,9 +484,7 @@ mod scenarios {
     /// saw orders stay `unlocked` for good that way). The gateway's times decide, not the
     /// order of arrival; a close older than the open still does not complete the order.
     pub async fn door_events_applied_out_of_order_still_complete(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let door = |change, at: i64| {
             dmr_protocol::message::Event::Door(dmr_protocol::message::DoorEvent {
                 lock_id: Uuid::parse_str(&w.a.lock_id).unwrap(),
@@ -533,9 +531,7 @@ mod scenarios {
     /// out, the order job completes it (and not a moment before), and the lock sells again.
     pub async fn unlocked_without_a_door_cycle_completes_after_the_paid_time(kind: &DbKind) {
         use dmr_cloud::orders::jobs::{DOOR_GRACE_MS, run_once};
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (id, _) = opened_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         let (unlocked_at, minutes): (i64, i64) =
@@ -572,9 +568,7 @@ mod scenarios {
     }
 
     pub async fn notifications_apply_once_and_forgeries_change_nothing(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let sb = app.state.orders.sandbox.clone().unwrap();
         let (id, _key, payment_id) = new_order(&app, &w.a).await;
         let (no, amount) = out_trade_no(&app, &payment_id).await;
@@ -722,9 +716,7 @@ mod scenarios {
     }
 
     pub async fn expiry_and_payment_after_expiry_refunds(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (id, _, payment_id) = new_order(&app, &w.a).await;
         let r = run_once(&app.state, now_ms() + 60_000).await.unwrap();
         assert_eq!(r.expired, 0, "not yet");
@@ -828,9 +820,7 @@ mod scenarios {
     }
 
     pub async fn merchant_refunds_rules_and_isolation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (id, _, payment_id) = new_order(&app, &w.a).await;
         let path = format!("/api/v1/orders/{id}/refund");
         let (s, b) = app.post(&path, &w.a.owner, json!({ "reason": "x" })).await;
@@ -896,19 +886,17 @@ mod scenarios {
     }
 
     pub async fn settlement_and_reconciliation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         // Merchant A: 500 bp. Two orders of 300 fen; one opened, one refunded 100 fen.
         let (o1, _) = completed_order(&app, &w.a).await;
         let (o2, _) = opened_order(&app, &w.a).await;
-        let (s, _) = app
-            .post(
-                &format!("/api/v1/orders/{o2}/refund"),
-                &w.a.owner,
-                json!({ "reason": "partial", "amount_fen": 100 }),
-            )
-            .await;
+        let (s, _) = merchant_refund(
+            &app,
+            &w.a.owner,
+            &o2,
+            json!({ "reason": "partial", "amount_fen": 100 }),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         // An order whose notification never comes: the reconciler finds it by query.
         let (o3, _, p3) = new_order(&app, &w.b).await;
@@ -1023,18 +1011,16 @@ mod scenarios {
     }
 
     pub async fn dashboard_summary_figures_and_isolation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         // Tenant A: one order paid (300 fen) and partly refunded (100 fen) today.
         let (id, _) = paid_order(&app, &w.a).await;
-        let (s, d) = app
-            .post(
-                &format!("/api/v1/orders/{id}/refund"),
-                &w.a.owner,
-                json!({ "reason": "broken hinge", "amount_fen": 100 }),
-            )
-            .await;
+        let (s, d) = merchant_refund(
+            &app,
+            &w.a.owner,
+            &id,
+            json!({ "reason": "broken hinge", "amount_fen": 100 }),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{d}");
         // A's lock reported online; B's lock offline. A deleted online lock counts nowhere.
         for (status, lock) in [("online", &w.a.lock_id), ("offline", &w.b.lock_id)] {
@@ -1137,18 +1123,16 @@ mod scenarios {
     /// equals the aggregate of the raw entries, a rebuild from the ledger changes nothing, and
     /// the dashboard's figures equal what the ledger says.
     pub async fn dashboard_rollups_equal_the_ledger(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (o1, _) = paid_order(&app, &w.a).await;
         for amount in [100, 50] {
-            let (s, d) = app
-                .post(
-                    &format!("/api/v1/orders/{o1}/refund"),
-                    &w.a.owner,
-                    json!({ "reason": "partial", "amount_fen": amount }),
-                )
-                .await;
+            let (s, d) = merchant_refund(
+                &app,
+                &w.a.owner,
+                &o1,
+                json!({ "reason": "partial", "amount_fen": amount }),
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{d}");
         }
         let (o2, _) = paid_order(&app, &w.b).await;

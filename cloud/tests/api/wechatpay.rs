@@ -651,7 +651,9 @@ mod scenarios {
     use super::notes::{self, make};
     use super::support::*;
     use crate::common::{DbKind, error_code, eventually, seed_world};
-    use crate::order_fixtures::{door_cycle, lock_opened, offline_token, public_lock};
+    use crate::order_fixtures::{
+        door_cycle, lock_opened, merchant_refund, offline_token, public_lock,
+    };
     use crate::orders::support::{
         Recorder, ledger_count, ledger_sum, lock_qr_and_plan, order_status,
     };
@@ -1035,13 +1037,8 @@ mod scenarios {
 
         // A merchant refund; WeChat Pay fails the first request, the retry reuses the number.
         fake.world().fail_next_refunds = 1;
-        let (s, r) = app
-            .post(
-                &format!("/api/v1/orders/{id}/refund"),
-                &w.a.owner,
-                json!({ "reason": "门锁未打开" }),
-            )
-            .await;
+        let (s, r) =
+            merchant_refund(&app, &w.a.owner, &id, json!({ "reason": "门锁未打开" })).await;
         assert!(s.is_success(), "{r}");
         let mut t = now_ms() + 1_000;
         run_once(&app.state, t).await.unwrap();
