@@ -13,6 +13,7 @@ mod link;
 mod link_support;
 mod openapi;
 mod order_batches;
+mod order_fixtures;
 mod order_fold;
 mod orders;
 mod rbac;

@@ -284,6 +284,7 @@ mod scenarios {
 
     use super::support::*;
     use crate::common::{DbKind, TestApp, error_code, seed_world};
+    use crate::order_fixtures::*;
 
     const DAY_MS: i64 = 24 * 3_600_000;
 
@@ -294,14 +295,7 @@ mod scenarios {
         app.state.orders.set_dispatcher(rec.clone());
         let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
 
-        let (s, lock) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, lock) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK, "{lock}");
         assert_eq!(lock["available"], true);
         assert_eq!(lock["price_plans"][0]["price_fen"], 300);
@@ -316,14 +310,7 @@ mod scenarios {
         assert_eq!(a["order"]["amount_fen"], 300, "the amount is the plan's");
         let id = a["order"]["id"].as_str().unwrap().to_string();
         let key = a["access_key"].as_str().unwrap().to_string();
-        let (s, l) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, l) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(l["available"], false, "the lock is taken by the order");
 
@@ -370,55 +357,22 @@ mod scenarios {
         assert_eq!(a["order"]["lock_name"], b["order"]["lock_name"]);
         assert_eq!(a["order"]["venue_name"], b["order"]["venue_name"]);
         assert_eq!(a["payment"], b["payment"], "the same payment step");
-        let (s, t) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, t) = offline_token(&app, &id, &key).await;
         assert_eq!(s, StatusCode::OK, "{t}");
         assert_eq!(t["token"].as_str().unwrap(), sent[0].1);
 
         // `accepted` is not proof of opening.
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Accepted, Presenter::Cloud),
-        )
-        .await;
+        unlock_reported(&app, &w.a, &id, ResultCode::Accepted, Presenter::Cloud).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        lock_opened(&app, &w.a, &id).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
+        door(&app, &w.a, DoorChange::Closed).await;
         assert_eq!(
             order_status(&app, &id).await,
             "unlocked",
             "closed before opening means nothing"
         );
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Opened),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
+        door_cycle(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "completed");
 
         // The phone's view, with and without the key.
@@ -530,9 +484,7 @@ mod scenarios {
     /// saw orders stay `unlocked` for good that way). The gateway's times decide, not the
     /// order of arrival; a close older than the open still does not complete the order.
     pub async fn door_events_applied_out_of_order_still_complete(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let door = |change, at: i64| {
             dmr_protocol::message::Event::Door(dmr_protocol::message::DoorEvent {
                 lock_id: Uuid::parse_str(&w.a.lock_id).unwrap(),
@@ -543,14 +495,7 @@ mod scenarios {
         let t = dmr_cloud::db::now_ms();
 
         // Unlocked by the unlock event, then the close arrives before the open.
-        let (id, _, payment) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        let (id, _) = opened_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 400)).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
@@ -563,9 +508,8 @@ mod scenarios {
 
         // The next order on the lock: open and close both arrive while it is still
         // `unlocking` (the ack not applied yet), close first; the open completes it.
-        let (id2, _, payment2) = new_order(&app, &w.a).await;
+        let (id2, _) = paid_order(&app, &w.a).await;
         assert_ne!(id2, id);
-        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
         assert_eq!(order_status(&app, &id2).await, "unlocking");
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 2_400)).await;
         assert_eq!(order_status(&app, &id2).await, "unlocking");
@@ -573,8 +517,7 @@ mod scenarios {
         assert_eq!(order_status(&app, &id2).await, "completed");
 
         // A third: a close older than the open (a stray from before) is not a cycle.
-        let (id3, _, payment3) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment3, "").await, StatusCode::OK);
+        let (id3, _) = paid_order(&app, &w.a).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Closed, t + 4_000)).await;
         gateway_event(&app, &w.a.gateway_id, door(DoorChange::Opened, t + 4_100)).await;
         assert_eq!(order_status(&app, &id3).await, "unlocked");
@@ -588,17 +531,8 @@ mod scenarios {
     /// out, the order job completes it (and not a moment before), and the lock sells again.
     pub async fn unlocked_without_a_door_cycle_completes_after_the_paid_time(kind: &DbKind) {
         use dmr_cloud::orders::jobs::{DOOR_GRACE_MS, run_once};
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
-        let (id, _, payment) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        let (app, w) = spawn_order_world(kind).await;
+        let (id, _) = opened_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         let (unlocked_at, minutes): (i64, i64) =
             sqlx::query_as("SELECT unlocked_at, duration_minutes FROM orders WHERE id = $1")
@@ -634,9 +568,7 @@ mod scenarios {
     }
 
     pub async fn notifications_apply_once_and_forgeries_change_nothing(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let sb = app.state.orders.sandbox.clone().unwrap();
         let (id, _key, payment_id) = new_order(&app, &w.a).await;
         let (no, amount) = out_trade_no(&app, &payment_id).await;
@@ -784,9 +716,7 @@ mod scenarios {
     }
 
     pub async fn expiry_and_payment_after_expiry_refunds(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (id, _, payment_id) = new_order(&app, &w.a).await;
         let r = run_once(&app.state, now_ms() + 60_000).await.unwrap();
         assert_eq!(r.expired, 0, "not yet");
@@ -820,8 +750,7 @@ mod scenarios {
         let w = seed_world(&app).await;
         // The gateway is offline: the command cannot be sent.
         app.state.orders.set_dispatcher(Recorder::new(true));
-        let (id, key, payment_id) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
+        let (id, key) = paid_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
         let t0 = now_ms();
         let r = run_once(&app.state, t0 + 10_000).await.unwrap();
@@ -840,21 +769,9 @@ mod scenarios {
             "the refund waits its grace period"
         );
         // The phone shows the offline token; the venue scanner opens; the event arrives late.
-        let (s, _) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, _) = offline_token(&app, &id, &key).await;
         assert_eq!(s, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Scanner),
-        )
-        .await;
+        unlock_reported(&app, &w.a, &id, ResultCode::Ok, Presenter::Scanner).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
         assert_eq!(
             scalar(
@@ -873,8 +790,7 @@ mod scenarios {
         );
 
         // Second order: nobody opens; after the grace the refund goes out.
-        let (id2, _, payment2) = new_order(&app, &w.b).await;
-        assert_eq!(pay(&app, &payment2, "").await, StatusCode::OK);
+        let (id2, _) = paid_order(&app, &w.b).await;
         let t1 = now_ms();
         run_once(&app.state, t1 + 31_000).await.unwrap();
         assert_eq!(order_status(&app, &id2).await, "unlock_failed");
@@ -896,12 +812,7 @@ mod scenarios {
             "an opened order's token stays"
         );
         // Opening after the refund went out: flagged for review, not reversed.
-        gateway_event(
-            &app,
-            &w.b.gateway_id,
-            unlock_event(&w.b.lock_id, &id2, ResultCode::Ok, Presenter::Scanner),
-        )
-        .await;
+        unlock_reported(&app, &w.b, &id2, ResultCode::Ok, Presenter::Scanner).await;
         assert_eq!(order_status(&app, &id2).await, "refunded");
         let (_, d) = app.get(&format!("/api/v1/orders/{id2}"), &w.b.owner).await;
         assert!(d["review_reason"].is_string(), "{d}");
@@ -909,9 +820,7 @@ mod scenarios {
     }
 
     pub async fn merchant_refunds_rules_and_isolation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         let (id, _, payment_id) = new_order(&app, &w.a).await;
         let path = format!("/api/v1/orders/{id}/refund");
         let (s, b) = app.post(&path, &w.a.owner, json!({ "reason": "x" })).await;
@@ -977,45 +886,17 @@ mod scenarios {
     }
 
     pub async fn settlement_and_reconciliation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         // Merchant A: 500 bp. Two orders of 300 fen; one opened, one refunded 100 fen.
-        let (o1, _, p1) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
-        gateway_event(
+        let (o1, _) = completed_order(&app, &w.a).await;
+        let (o2, _) = opened_order(&app, &w.a).await;
+        let (s, _) = merchant_refund(
             &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &o1, ResultCode::Ok, Presenter::Cloud),
+            &w.a.owner,
+            &o2,
+            json!({ "reason": "partial", "amount_fen": 100 }),
         )
         .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Opened),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
-        let (o2, _, p2) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &o2, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
-        let (s, _) = app
-            .post(
-                &format!("/api/v1/orders/{o2}/refund"),
-                &w.a.owner,
-                json!({ "reason": "partial", "amount_fen": 100 }),
-            )
-            .await;
         assert_eq!(s, StatusCode::OK);
         // An order whose notification never comes: the reconciler finds it by query.
         let (o3, _, p3) = new_order(&app, &w.b).await;
@@ -1130,19 +1011,16 @@ mod scenarios {
     }
 
     pub async fn dashboard_summary_figures_and_isolation(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
+        let (app, w) = spawn_order_world(kind).await;
         // Tenant A: one order paid (300 fen) and partly refunded (100 fen) today.
-        let (id, _, payment_id) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &payment_id, "").await, StatusCode::OK);
-        let (s, d) = app
-            .post(
-                &format!("/api/v1/orders/{id}/refund"),
-                &w.a.owner,
-                json!({ "reason": "broken hinge", "amount_fen": 100 }),
-            )
-            .await;
+        let (id, _) = paid_order(&app, &w.a).await;
+        let (s, d) = merchant_refund(
+            &app,
+            &w.a.owner,
+            &id,
+            json!({ "reason": "broken hinge", "amount_fen": 100 }),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{d}");
         // A's lock reported online; B's lock offline. A deleted online lock counts nowhere.
         for (status, lock) in [("online", &w.a.lock_id), ("offline", &w.b.lock_id)] {
@@ -1245,29 +1123,24 @@ mod scenarios {
     /// equals the aggregate of the raw entries, a rebuild from the ledger changes nothing, and
     /// the dashboard's figures equal what the ledger says.
     pub async fn dashboard_rollups_equal_the_ledger(kind: &DbKind) {
-        let app = TestApp::spawn(kind).await;
-        let w = seed_world(&app).await;
-        app.state.orders.set_dispatcher(Recorder::new(false));
-        let (o1, _, p1) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p1, "").await, StatusCode::OK);
+        let (app, w) = spawn_order_world(kind).await;
+        let (o1, _) = paid_order(&app, &w.a).await;
         for amount in [100, 50] {
-            let (s, d) = app
-                .post(
-                    &format!("/api/v1/orders/{o1}/refund"),
-                    &w.a.owner,
-                    json!({ "reason": "partial", "amount_fen": amount }),
-                )
-                .await;
+            let (s, d) = merchant_refund(
+                &app,
+                &w.a.owner,
+                &o1,
+                json!({ "reason": "partial", "amount_fen": amount }),
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{d}");
         }
-        let (o2, _, p2) = new_order(&app, &w.b).await;
-        assert_eq!(pay(&app, &p2, "").await, StatusCode::OK);
+        let (o2, _) = paid_order(&app, &w.b).await;
         let r = run_once(&app.state, now_ms() + DAY_MS).await.unwrap();
         assert_eq!(r.settlements, 2, "A and B");
         assert!(ledger_count(&app, &o1, "commission").await >= 1);
         // A payment after settlement lands in the same day's roll-up row of A's lock.
-        let (o3, _, p3) = new_order(&app, &w.a).await;
-        assert_eq!(pay(&app, &p3, "").await, StatusCode::OK);
+        let (o3, _) = paid_order(&app, &w.a).await;
         assert_eq!(ledger_count(&app, &o3, "payment").await, 1);
         assert_eq!(ledger_count(&app, &o2, "payment").await, 1);
 

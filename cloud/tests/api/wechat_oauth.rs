@@ -88,6 +88,7 @@ mod scenarios {
 
     use super::fake;
     use crate::common::{DbKind, TestApp, error_code, seed_world};
+    use crate::order_fixtures::public_lock;
     use crate::orders::support::lock_qr_and_plan;
     use crate::wechatpay::fake::{Fake, Keys};
 
@@ -194,14 +195,7 @@ mod scenarios {
         let session = "device-session-aaaaaaaaaaaaaaaa";
         let other = "device-session-bbbbbbbbbbbbbbbb";
 
-        let (s, lock) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, lock) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(lock["wechat_oauth"], true, "{lock}");
         assert_eq!(identity(&app, session).await["bound"], false);

@@ -643,7 +643,6 @@ mod scenarios {
 
     use dmr_cloud::db::now_ms;
     use dmr_cloud::orders::jobs::run_once;
-    use dmr_protocol::message::{DoorChange, Presenter, ResultCode};
     use dmr_protocol::token::UnlockToken;
     use reqwest::StatusCode;
     use serde_json::{Value, json};
@@ -652,9 +651,11 @@ mod scenarios {
     use super::notes::{self, make};
     use super::support::*;
     use crate::common::{DbKind, error_code, eventually, seed_world};
+    use crate::order_fixtures::{
+        door_cycle, lock_opened, merchant_refund, offline_token, public_lock,
+    };
     use crate::orders::support::{
-        Recorder, door_event, gateway_event, ledger_count, ledger_sum, lock_qr_and_plan,
-        order_status, unlock_event,
+        Recorder, ledger_count, ledger_sum, lock_qr_and_plan, order_status,
     };
 
     pub async fn wechatpay_order_paid_by_notification_once(kind: &DbKind) {
@@ -665,14 +666,7 @@ mod scenarios {
 
         // The lock page offers WeChat Pay next to the sandbox.
         let (qr, plan) = lock_qr_and_plan(&app, &w.a).await;
-        let (s, lock) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/locks/{qr}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, lock) = public_lock(&app, &qr).await;
         assert_eq!(s, StatusCode::OK, "{lock}");
         let offered: Vec<&str> = lock["providers"]
             .as_array()
@@ -805,35 +799,12 @@ mod scenarios {
         assert_eq!(mine.len(), 1, "one cmd unlock for order a");
         let token = UnlockToken::from_text(&mine[0].1).unwrap();
         assert_eq!(token.claims().order_id.to_string(), id);
-        let (s, t) = app
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/public/orders/{id}/offline-token?key={key}"),
-                None,
-                None,
-            )
-            .await;
+        let (s, t) = offline_token(&app, &id, &key).await;
         assert_eq!(s, StatusCode::OK, "{t}");
         assert_eq!(t["token"].as_str().unwrap(), mine[0].1);
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            unlock_event(&w.a.lock_id, &id, ResultCode::Ok, Presenter::Cloud),
-        )
-        .await;
+        lock_opened(&app, &w.a, &id).await;
         assert_eq!(order_status(&app, &id).await, "unlocked");
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Opened),
-        )
-        .await;
-        gateway_event(
-            &app,
-            &w.a.gateway_id,
-            door_event(&w.a.lock_id, DoorChange::Closed),
-        )
-        .await;
+        door_cycle(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "completed");
         assert!(fake.world().bad_signatures.is_empty());
         app.stop().await;
@@ -1066,13 +1037,8 @@ mod scenarios {
 
         // A merchant refund; WeChat Pay fails the first request, the retry reuses the number.
         fake.world().fail_next_refunds = 1;
-        let (s, r) = app
-            .post(
-                &format!("/api/v1/orders/{id}/refund"),
-                &w.a.owner,
-                json!({ "reason": "门锁未打开" }),
-            )
-            .await;
+        let (s, r) =
+            merchant_refund(&app, &w.a.owner, &id, json!({ "reason": "门锁未打开" })).await;
         assert!(s.is_success(), "{r}");
         let mut t = now_ms() + 1_000;
         run_once(&app.state, t).await.unwrap();
