@@ -314,6 +314,47 @@ locks = [ {locks} ]
     (sim, agent)
 }
 
+/// Not every lock came online: say which gateways are missing locks, with the tail of each
+/// one's agent log, and keep the directory (agent and simulator logs, state) for a look.
+async fn start_up_failed(
+    db: &dmr_cloud::db::Db,
+    dir: tempfile::TempDir,
+    online: i64,
+    total: usize,
+) -> ! {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT gateway_id, CAST(SUM(CASE WHEN status = 'online' THEN 1 ELSE 0 END) AS BIGINT) \
+         FROM locks GROUP BY gateway_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_default();
+    let kept = dir.keep();
+    for (gw, up) in rows
+        .iter()
+        .filter(|(_, up)| (*up as usize) < total / rows.len().max(1))
+    {
+        eprintln!("gateway {gw}: {up} locks online");
+    }
+    for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            if !tail.is_empty() {
+                eprintln!("--- {} (last lines, newest first)", path.display());
+                for l in tail {
+                    eprintln!("    {l}");
+                }
+            }
+        }
+    }
+    panic!(
+        "only {online} of {total} locks online after 60 s; logs and state kept in {}",
+        kept.display()
+    );
+}
+
 /// Every agent's poll rounds so far: (rounds, total ms, longest ms) summed / maxed over the
 /// agents, from their `/status`.
 async fn poll_rounds(http: &reqwest::Client, ports: &[u16]) -> (f64, f64, f64) {
@@ -888,11 +929,9 @@ async fn run_backend(name: &str, url: &str) {
         if n as usize == total_locks {
             break;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "only {n} of {total_locks} locks online after 60 s; see the agent logs in {}",
-            dir.path().display()
-        );
+        if t.elapsed() >= Duration::from_secs(60) {
+            start_up_failed(&state.db, dir, n, total_locks).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("all locks online after {:.1} s", t.elapsed().as_secs_f64());
