@@ -174,6 +174,19 @@ mod scenarios {
         })
     }
 
+    /// Tenant `t`'s gateway enrolled with a fresh key, so signed messages from it pass
+    /// ingest: the key to sign with and the gateway's id.
+    async fn enrolled_gateway(app: &TestApp, t: &Tenant) -> (ed25519_dalek::SigningKey, Uuid) {
+        let key = generate();
+        sqlx::query("UPDATE gateways SET status = 'enrolled', public_key = $1 WHERE id = $2")
+            .bind(public_b64u(&key.verifying_key()))
+            .bind(t.gateway_id.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        (key, Uuid::parse_str(&t.gateway_id).unwrap())
+    }
+
     /// Frees the lock for the next scenario whatever state the order ended in.
     async fn retire(app: &TestApp, order: &str) {
         sqlx::query("UPDATE orders SET status = 'cancelled', active_lock_id = NULL WHERE id = $1")
@@ -368,14 +381,7 @@ mod scenarios {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
-        let key = generate();
-        sqlx::query("UPDATE gateways SET status = 'enrolled', public_key = $1 WHERE id = $2")
-            .bind(public_b64u(&key.verifying_key()))
-            .bind(w.a.gateway_id.clone())
-            .execute(&app.state.db.pool)
-            .await
-            .unwrap();
-        let gw = Uuid::parse_str(&w.a.gateway_id).unwrap();
+        let (key, gw) = enrolled_gateway(&app, &w.a).await;
         let order = start_order(&app, &w.a, Start::Unlocked).await;
         let t = now_ms();
         let lock = Uuid::parse_str(&w.a.lock_id).unwrap();
@@ -545,14 +551,7 @@ mod scenarios {
         let app = TestApp::spawn(kind).await;
         let w = seed_world(&app).await;
         app.state.orders.set_dispatcher(Recorder::new(false));
-        let key = generate();
-        sqlx::query("UPDATE gateways SET status = 'enrolled', public_key = $1 WHERE id = $2")
-            .bind(public_b64u(&key.verifying_key()))
-            .bind(w.a.gateway_id.clone())
-            .execute(&app.state.db.pool)
-            .await
-            .unwrap();
-        let gw = Uuid::parse_str(&w.a.gateway_id).unwrap();
+        let (key, gw) = enrolled_gateway(&app, &w.a).await;
         // A stored command as the dispatch writes it: the token by its id.
         let command = |op: &'static str, token_id: Option<String>| {
             let app = &app;

@@ -11,7 +11,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::common::{DbKind, Tenant, TestApp, World, seed_world};
-use crate::orders::support::{Recorder, door_event, gateway_event, new_order, pay, unlock_event};
+use crate::orders::support::{
+    Recorder, door_event, gateway_event, new_order, order_status, pay, unlock_event,
+};
 
 /// The app with the two seeded tenants, its unlock commands recorded instead of sent (there
 /// is no gateway link in these tests): where most order scenarios start.
@@ -33,6 +35,20 @@ pub async fn paid_order(app: &TestApp, t: &Tenant) -> (String, String) {
         "paying order {id}"
     );
     (id, key)
+}
+
+/// The order job's unlock timeout (30 s by default) for an order in `unlocking`: not yet
+/// 10 s on, then at 31 s it fails the order over (`unlock_failed`); the caller checks the
+/// refund and the command that follow. Returns the time the job rounds counted from.
+pub async fn unlock_times_out(app: &TestApp, id: &str) -> i64 {
+    use dmr_cloud::orders::jobs::run_once;
+    let t0 = dmr_cloud::db::now_ms();
+    let r = run_once(&app.state, t0 + 10_000).await.unwrap();
+    assert_eq!(r.unlock_timeouts, 0, "no timeout 10 s on");
+    let r = run_once(&app.state, t0 + 31_000).await.unwrap();
+    assert_eq!(r.unlock_timeouts, 1, "the unlock timeout at 31 s");
+    assert_eq!(order_status(app, id).await, "unlock_failed");
+    t0
 }
 
 /// The tenant's gateway reports an unlock of its lock for `order`.

@@ -25,6 +25,7 @@ mod scenarios {
     use uuid::Uuid;
 
     use crate::common::{DbKind, TestApp, seed_world};
+    use crate::order_fixtures::unlock_times_out;
     use crate::orders::support::*;
 
     /// Prepares real commands (the link's `Commands`), then "dies" at publish: it looks at
@@ -191,12 +192,7 @@ mod scenarios {
 
         // The command never reached the gateway: the unlock timeout fails the order over to
         // a refund, and the command expires unanswered.
-        let t0 = now_ms();
-        let r = run_once(&app.state, t0 + 10_000).await.unwrap();
-        assert_eq!(r.unlock_timeouts, 0);
-        let r = run_once(&app.state, t0 + 31_000).await.unwrap();
-        assert_eq!(r.unlock_timeouts, 1);
-        assert_eq!(order_status(&app, &id).await, "unlock_failed");
+        let t0 = unlock_times_out(&app, &id).await;
         assert_eq!(
             scalar(
                 &app,

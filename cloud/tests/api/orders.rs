@@ -752,12 +752,7 @@ mod scenarios {
         app.state.orders.set_dispatcher(Recorder::new(true));
         let (id, key) = paid_order(&app, &w.a).await;
         assert_eq!(order_status(&app, &id).await, "unlocking");
-        let t0 = now_ms();
-        let r = run_once(&app.state, t0 + 10_000).await.unwrap();
-        assert_eq!(r.unlock_timeouts, 0);
-        let r = run_once(&app.state, t0 + 31_000).await.unwrap();
-        assert_eq!(r.unlock_timeouts, 1);
-        assert_eq!(order_status(&app, &id).await, "unlock_failed");
+        let t0 = unlock_times_out(&app, &id).await;
         assert_eq!(
             scalar(
                 &app,
