@@ -187,6 +187,24 @@ mod scenarios {
         (key, Uuid::parse_str(&t.gateway_id).unwrap())
     }
 
+    /// Applies `events` as one batch of the ingest's order hook, in one transaction.
+    async fn apply_batch(app: &TestApp, gw: Uuid, events: &[(Uuid, Event)], t0: i64) {
+        let applied: Vec<AppliedEvent<'_>> = events
+            .iter()
+            .map(|(id, ev)| AppliedEvent {
+                gateway_id: gw,
+                event_id: *id,
+                event: ev,
+                ts_ms: t0,
+            })
+            .collect();
+        let mut tx = app.state.db.pool.begin().await.unwrap();
+        dmr_cloud::orders::on_gateway_events(&mut tx, &applied)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
     /// Frees the lock for the next scenario whatever state the order ended in.
     async fn retire(app: &TestApp, order: &str) {
         sqlx::query("UPDATE orders SET status = 'cancelled', active_lock_id = NULL WHERE id = $1")
@@ -326,28 +344,10 @@ mod scenarios {
                 let events: Vec<(Uuid, Event)> =
                     steps.iter().map(|s| event(&side, *s, t0)).collect();
                 if batched {
-                    let applied: Vec<AppliedEvent<'_>> = events
-                        .iter()
-                        .map(|(id, ev)| AppliedEvent {
-                            gateway_id: gw,
-                            event_id: *id,
-                            event: ev,
-                            ts_ms: t0,
-                        })
-                        .collect();
-                    let mut conn = app.state.db.pool.acquire().await.unwrap();
-                    let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
-                    dmr_cloud::orders::on_gateway_events(&mut tx, &applied)
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
+                    apply_batch(&app, gw, &events, t0).await;
                     // Redelivered as a whole: nothing changes.
                     let before = snapshot(&app, &side, t0).await;
-                    let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
-                    dmr_cloud::orders::on_gateway_events(&mut tx, &applied)
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
+                    apply_batch(&app, gw, &events, t0).await;
                     assert_eq!(
                         snapshot(&app, &side, t0).await,
                         before,
@@ -504,22 +504,7 @@ mod scenarios {
                         )
                     })
                     .collect();
-                let applied: Vec<AppliedEvent<'_>> = events
-                    .iter()
-                    .map(|(id, ev)| AppliedEvent {
-                        gateway_id: gw,
-                        event_id: *id,
-                        event: ev,
-                        ts_ms: t0,
-                    })
-                    .collect();
-                let mut conn = app.state.db.pool.acquire().await.unwrap();
-                let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
-                dmr_cloud::orders::on_gateway_events(&mut tx, &applied)
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-                drop(conn);
+                apply_batch(&app, gw, &events, t0).await;
                 assert_eq!(
                     order_status(&app, &order).await,
                     want[i],
