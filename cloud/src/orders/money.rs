@@ -124,7 +124,8 @@ impl Kind {
     }
 }
 
-/// Books one entry (insert only; a second booking of the same `(kind, ref_id)` is a no-op).
+/// Books one entry (insert only; a second booking of the same `(kind, ref_id)` is a no-op),
+/// with its share of the daily roll-ups. Returns whether it was booked.
 pub async fn book(
     conn: &mut AnyConnection,
     merchant_id: &str,
@@ -134,6 +135,30 @@ pub async fn book(
     ref_id: &str,
     at: i64,
 ) -> Result<bool, ApiError> {
+    let roll_up = book_deferred(conn, merchant_id, order_id, kind, amount_fen, ref_id, at).await?;
+    let booked = roll_up.is_some();
+    if let Some(r) = roll_up {
+        r.apply(conn).await?;
+    }
+    Ok(booked)
+}
+
+/// [`book`] without touching the roll-ups yet: a payment or refund that was booked returns
+/// its [`RollUp`], which the caller applies as the last write of its transaction. The
+/// merchant's day row is one row that every payment of that merchant updates, so on
+/// PostgreSQL whoever updates it holds its lock until commit; taken last, it is held for one
+/// round trip instead of the whole transaction and the merchant's payments stop queueing
+/// behind each other (the order_flow bench measured a 1 ms wait per upsert before).
+/// Returns `None` for a duplicate booking.
+pub async fn book_deferred(
+    conn: &mut AnyConnection,
+    merchant_id: &str,
+    order_id: Option<&str>,
+    kind: Kind,
+    amount_fen: i64,
+    ref_id: &str,
+    at: i64,
+) -> Result<Option<RollUp>, ApiError> {
     let n = sqlx::query(
         "INSERT INTO ledger_entries (id, merchant_id, order_id, kind, amount_fen, ref_id, day, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (kind, ref_id) DO NOTHING",
@@ -149,59 +174,79 @@ pub async fn book(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if n == 1 && matches!(kind, Kind::Payment | Kind::Refund) {
-        roll_up(conn, merchant_id, order_id, kind, amount_fen, at).await?;
-    }
-    Ok(n == 1)
+    Ok((n == 1).then(|| RollUp {
+        merchant_id: merchant_id.to_string(),
+        order_id: order_id.map(String::from),
+        kind,
+        amount_fen,
+        at,
+    }))
 }
 
-/// Adds one payment or refund entry to the daily roll-ups the dashboard reads (migration
-/// 0007), on the caller's connection so it commits or rolls back with the entry itself.
-async fn roll_up(
-    conn: &mut AnyConnection,
-    merchant_id: &str,
-    order_id: Option<&str>,
+/// One booked payment or refund's share of the daily roll-ups the dashboard reads
+/// (migration 0007). It must be applied on the same connection, inside the transaction that
+/// booked the entry, so the roll-ups commit or roll back with it; `#[must_use]` makes a
+/// forgotten one a compile warning (an error under clippy -D warnings).
+#[must_use = "a booked entry's roll-up must be applied before the transaction commits"]
+#[derive(Debug)]
+pub struct RollUp {
+    merchant_id: String,
+    order_id: Option<String>,
     kind: Kind,
     amount_fen: i64,
     at: i64,
-) -> Result<(), ApiError> {
-    let orders = i64::from(kind == Kind::Payment);
-    let refunds = if kind == Kind::Refund { -amount_fen } else { 0 };
-    let day = shanghai_day(at);
-    // The lock comes from the order (an entry without one goes under ''); upserts, so the
-    // first entry of a day creates the row and later ones add to it.
-    sqlx::query(
-        "INSERT INTO ledger_lock_days (merchant_id, day, lock_id, orders, revenue_fen, refunds_fen) \
-         VALUES ($1, $2, COALESCE((SELECT lock_id FROM orders WHERE id = $3), ''), $4, $5, $6) \
-         ON CONFLICT (merchant_id, day, lock_id) DO UPDATE SET \
-         orders = ledger_lock_days.orders + excluded.orders, \
-         revenue_fen = ledger_lock_days.revenue_fen + excluded.revenue_fen, \
-         refunds_fen = ledger_lock_days.refunds_fen + excluded.refunds_fen",
-    )
-    .bind(merchant_id.to_string())
-    .bind(day.clone())
-    .bind(order_id.map(String::from))
-    .bind(orders)
-    .bind(amount_fen)
-    .bind(refunds)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO ledger_merchant_days (merchant_id, day, orders, revenue_fen, refunds_fen) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (merchant_id, day) DO UPDATE SET \
-         orders = ledger_merchant_days.orders + excluded.orders, \
-         revenue_fen = ledger_merchant_days.revenue_fen + excluded.revenue_fen, \
-         refunds_fen = ledger_merchant_days.refunds_fen + excluded.refunds_fen",
-    )
-    .bind(merchant_id.to_string())
-    .bind(day)
-    .bind(orders)
-    .bind(amount_fen)
-    .bind(refunds)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+}
+
+impl RollUp {
+    /// Adds the entry to the lock's and then the merchant's day. The merchant's row goes
+    /// last: it is the contended one (see [`book_deferred`]).
+    /// Commission, merchant share and payout entries are not in the roll-ups: nothing to do.
+    pub async fn apply(self, conn: &mut AnyConnection) -> Result<(), ApiError> {
+        if !matches!(self.kind, Kind::Payment | Kind::Refund) {
+            return Ok(());
+        }
+        let orders = i64::from(self.kind == Kind::Payment);
+        let refunds = if self.kind == Kind::Refund {
+            -self.amount_fen
+        } else {
+            0
+        };
+        let day = shanghai_day(self.at);
+        // The lock comes from the order (an entry without one goes under ''); upserts, so the
+        // first entry of a day creates the row and later ones add to it.
+        sqlx::query(
+            "INSERT INTO ledger_lock_days (merchant_id, day, lock_id, orders, revenue_fen, refunds_fen) \
+             VALUES ($1, $2, COALESCE((SELECT lock_id FROM orders WHERE id = $3), ''), $4, $5, $6) \
+             ON CONFLICT (merchant_id, day, lock_id) DO UPDATE SET \
+             orders = ledger_lock_days.orders + excluded.orders, \
+             revenue_fen = ledger_lock_days.revenue_fen + excluded.revenue_fen, \
+             refunds_fen = ledger_lock_days.refunds_fen + excluded.refunds_fen",
+        )
+        .bind(self.merchant_id.clone())
+        .bind(day.clone())
+        .bind(self.order_id)
+        .bind(orders)
+        .bind(self.amount_fen)
+        .bind(refunds)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger_merchant_days (merchant_id, day, orders, revenue_fen, refunds_fen) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (merchant_id, day) DO UPDATE SET \
+             orders = ledger_merchant_days.orders + excluded.orders, \
+             revenue_fen = ledger_merchant_days.revenue_fen + excluded.revenue_fen, \
+             refunds_fen = ledger_merchant_days.refunds_fen + excluded.refunds_fen",
+        )
+        .bind(self.merchant_id)
+        .bind(day)
+        .bind(orders)
+        .bind(self.amount_fen)
+        .bind(refunds)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Recomputes both roll-ups from the ledger (the same statements as migration 0007's

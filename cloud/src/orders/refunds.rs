@@ -191,7 +191,7 @@ pub async fn apply_success(
     if !won {
         return Ok(false);
     }
-    money::book(
+    let roll_up = money::book_deferred(
         conn,
         &r.merchant_id,
         Some(&r.order_id),
@@ -224,6 +224,11 @@ pub async fn apply_success(
             Also::default(),
         )
         .await?;
+    }
+    // Last, as for payments: the order's row before the merchant's contended day row, in
+    // every transaction, so two of them never wait on each other in opposite order.
+    if let Some(r) = roll_up {
+        r.apply(conn).await?;
     }
     Ok(true)
 }

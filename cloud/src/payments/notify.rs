@@ -405,7 +405,7 @@ pub async fn apply_payment_success_with(
         }
         return Ok(PaymentOutcome::Nothing);
     }
-    money::book(
+    let roll_up = money::book_deferred(
         conn,
         &p.merchant_id,
         Some(&p.order_id),
@@ -415,6 +415,24 @@ pub async fn apply_payment_success_with(
         now,
     )
     .await?;
+    let outcome = move_order_on(conn, p, transaction_id, actor, unlock, now).await?;
+    // Last, so the merchant's contended day row is locked only for the commit.
+    if let Some(r) = roll_up {
+        r.apply(conn).await?;
+    }
+    Ok(outcome)
+}
+
+/// The order's side of a payment that just succeeded: `unlocking` with the prepared unlock,
+/// else `paid`, else (the order stopped waiting) a full refund.
+async fn move_order_on(
+    conn: &mut sqlx::AnyConnection,
+    p: &PaymentRow,
+    transaction_id: &str,
+    actor: &Actor,
+    unlock: Option<&orders::dispatch::UnlockPlan>,
+    now: i64,
+) -> Result<PaymentOutcome, ApiError> {
     let reason = format!("payment {} succeeded", p.out_trade_no);
     if let Some(plan) = unlock
         && orders::pay_and_start_unlock(
