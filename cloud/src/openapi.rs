@@ -799,7 +799,7 @@ fn orders_schemas() -> Value {
             "days": { "type": "array", "description": "the last 30 Asia/Shanghai days, oldest first, today included",
                 "items": { "type": "object", "properties": { "day": s("string"), "revenue_fen": s("integer"), "orders": s("integer") } } },
             "locks_online": s("integer"), "locks_offline": s("integer"), "open_alarms": s("integer"),
-            "busiest_locks": { "type": "array", "description": "top 5 locks by orders paid in the last 30 days",
+            "busiest_locks": { "type": "array", "description": "top 5 locks by orders paid in the last 30 days (for a platform admin, across all merchants, ranked at most once a minute)",
                 "items": { "type": "object", "properties": { "lock_id": s("string"), "name": s("string"), "orders": s("integer"), "revenue_fen": s("integer") } } } } },
     })
 }

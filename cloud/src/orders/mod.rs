@@ -535,6 +535,9 @@ pub struct Orders {
     dispatcher: RwLock<Arc<dyn dispatch::UnlockDispatcher>>,
     /// Key for deriving order access keys (HMAC), shared by every instance.
     access_secret: Vec<u8>,
+    /// The platform-wide busiest locks and when they were ranked (see
+    /// [`handlers::PLATFORM_BUSIEST_TTL`]).
+    pub(crate) platform_busiest: std::sync::Mutex<Option<handlers::BusiestCache>>,
 }
 
 impl Orders {
@@ -551,6 +554,7 @@ impl Orders {
             sandbox,
             dispatcher: RwLock::new(dispatcher),
             access_secret,
+            platform_busiest: std::sync::Mutex::new(None),
         }
     }
 

@@ -1109,6 +1109,25 @@ mod scenarios {
         assert_eq!(all["locks_online"], 1);
         assert_eq!(all["locks_offline"], 1);
         assert_eq!(all["open_alarms"], 1);
+        assert_eq!(all["busiest_locks"], a["busiest_locks"], "{all}");
+
+        // More orders on A's lock (written straight into its roll-up): A's own ranking is
+        // live; the platform-wide one, which reads every merchant's locks, is ranked at most
+        // once a minute, while the platform's other figures stay live.
+        sqlx::query("UPDATE ledger_lock_days SET orders = orders + 4 WHERE lock_id = $1")
+            .bind(w.a.lock_id.clone())
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+        let (_, a) = app.get("/api/v1/dashboard/summary", &w.a.owner).await;
+        assert_eq!(a["busiest_locks"][0]["orders"], 5, "{a}");
+        let (s, all) = app.get("/api/v1/dashboard/summary", &w.admin).await;
+        assert_eq!(s, StatusCode::OK, "{all}");
+        assert_eq!(
+            all["busiest_locks"][0]["orders"], 1,
+            "ranked less than a minute ago: {all}"
+        );
+        assert_eq!(all["today_revenue_fen"], 200);
         app.stop().await;
     }
 
