@@ -40,8 +40,13 @@ use super::config::MqttConfig;
 use super::health::Health;
 use super::store::Store;
 
-/// Rows deleted per store transaction after their PUBACKs.
+/// Acknowledged rows are deleted with the store's next commit; when none comes along, in a
+/// commit of their own once this many wait or the oldest has waited [`DELETE_AFTER`].
 const ACK_BATCH: usize = 256;
+/// See [`ACK_BATCH`]. Rows waiting are invisible to a reader of this session (it publishes
+/// after the last seq it sent), and a restart republishes them at worst (the cloud drops the
+/// copies by id), so the wait only bounds how long the backlog figure counts them.
+const DELETE_AFTER: Duration = Duration::from_millis(1000);
 /// Commands waiting for the command handler; at the bound the link stops reading the socket.
 pub const CMD_QUEUE: usize = 64;
 
@@ -169,7 +174,6 @@ struct Session<'a> {
     by_pkid: HashMap<u16, i64>,
     in_flight: usize,
     last_sent: i64,
-    acked: Vec<i64>,
 }
 
 async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
@@ -200,7 +204,6 @@ async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
         by_pkid: HashMap::new(),
         in_flight: 0,
         last_sent: 0,
-        acked: Vec::new(),
     };
     let watchdog = deps.cfg.keep_alive * 2 + Duration::from_secs(5);
     let mut last_progress = Instant::now();
@@ -228,7 +231,10 @@ async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
                 if s.connected {
                     s.fill().await;
                 }
-                s.flush_acks().await;
+                let (waiting, age) = deps.store.delivered_waiting();
+                if waiting >= ACK_BATCH || age.is_some_and(|a| a >= DELETE_AFTER) {
+                    s.flush_acks().await;
+                }
                 if last_progress.elapsed() > watchdog {
                     break End::Failed {
                         why: format!("watchdog: no MQTT progress for {} s; rebuilding the client", watchdog.as_secs()),
@@ -284,10 +290,8 @@ impl Session<'_> {
             Event::Incoming(Packet::PubAck(a)) => {
                 if let Some(seq) = self.by_pkid.remove(&a.pkid) {
                     self.in_flight = self.in_flight.saturating_sub(1);
-                    self.acked.push(seq);
-                    if self.acked.len() >= ACK_BATCH {
-                        self.flush_acks().await;
-                    }
+                    // Deleted with the store's next commit, no fsync of its own.
+                    self.deps.store.delivered(&[seq]);
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -340,21 +344,15 @@ impl Session<'_> {
         }
     }
 
+    /// Deletes the acknowledged rows no commit has taken along yet. Always before a new
+    /// session reads the outbox from its start, so it does not publish them again.
     async fn flush_acks(&mut self) {
-        if self.acked.is_empty() {
+        if self.deps.store.delivered_waiting().0 == 0 {
             return;
         }
-        let seqs = std::mem::take(&mut self.acked);
-        match self
-            .deps
-            .store
-            .call(move |db| db.outbox_delete(&seqs))
-            .await
-        {
-            Ok(Ok(())) => {}
-            // Rows not deleted are published again later; the cloud drops duplicates by id.
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete acknowledged outbox rows"),
-            Err(e) => tracing::warn!(error = %e, "store stopped"),
+        // Rows not deleted are published again later; the cloud drops duplicates by id.
+        if let Err(e) = self.deps.store.flush_delivered().await {
+            tracing::warn!(error = %e, "cannot delete acknowledged outbox rows");
         }
     }
 

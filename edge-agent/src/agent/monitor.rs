@@ -127,14 +127,23 @@ async fn record(deps: &MonitorDeps, events: Vec<Event>) {
     if events.is_empty() {
         return;
     }
-    for ev in events {
-        let kind = format!("{ev:?}");
-        // Group-committed: an alarm that coincides with a burst of unlocks shares their fsync.
-        if let Err(e) = deps.store.append_event(ev).await {
-            tracing::error!(error = %e, event = %kind, "cannot record lock event");
-        }
+    // One poll's events in one unit, group-committed: an alarm that coincides with a burst
+    // of unlocks shares their fsync.
+    let rows = events
+        .into_iter()
+        .map(|ev| {
+            (
+                dmr_protocol::topic::TopicKind::Event,
+                Some(ev.lock_id()),
+                dmr_protocol::message::Message::Event(ev),
+            )
+        })
+        .collect::<Vec<_>>();
+    let n = rows.len();
+    match deps.store.append_all(rows).await {
+        Ok(_) => deps.kick.notify_one(),
+        Err(e) => tracing::error!(error = %e, events = n, "cannot record lock events"),
     }
-    deps.kick.notify_one();
 }
 
 /// The poller of one bus: the last snapshot of every lock and when each was last polled.

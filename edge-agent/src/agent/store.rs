@@ -308,10 +308,26 @@ enum Job {
     Grouped(Box<dyn FnOnce(&mut Db) -> Done + Send>),
 }
 
+/// Outbox rows the broker has acknowledged (PUBACK) and that are not deleted yet: the link
+/// hands them over here without waiting for the store thread, and the thread deletes them
+/// inside the next transaction it commits anyway ([`Db::run_group`]) or, when none comes
+/// along, in a commit of their own without an fsync ([`Db::flush_delivered`]).
+///
+/// Why a deletion may be lost: an outbox row that comes back after a power cut is published
+/// again with its signed id, and the cloud drops the second copy by that id; the event itself
+/// was durable before it was first published. So deleting costs no fsync of its own.
+#[derive(Debug, Default)]
+struct Delivered {
+    seqs: Vec<i64>,
+    /// When the oldest entry of `seqs` was handed over.
+    since: Option<Instant>,
+}
+
 /// Handle to the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    delivered: Arc<std::sync::Mutex<Delivered>>,
 }
 
 impl Store {
@@ -322,7 +338,8 @@ impl Store {
         cfg: StoreConfig,
         clock: Arc<TrustedClock>,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
-        let db = Db::open(cfg, clock)?;
+        let delivered = Arc::new(std::sync::Mutex::new(Delivered::default()));
+        let db = Db::open(cfg, clock, delivered.clone())?;
         let (tx, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("dmr-store".into())
@@ -349,7 +366,7 @@ impl Store {
                 tracing::debug!("store thread: closing the database");
             })
             .map_err(StoreError::Thread)?;
-        Ok((Store { tx }, handle))
+        Ok((Store { tx, delivered }, handle))
     }
 
     /// Asks the thread to close the database after the requests already queued; later
@@ -412,38 +429,130 @@ impl Store {
     /// [`Redeemed::StorageFailed`] (the lock must not move); a refusal keeps its code (only
     /// its event was lost, and a full disk must not hide the answer).
     pub async fn redeem(&self, presented: Presented, via: Presenter) -> Redeemed {
-        match self
-            .call_grouped(move |db| db.redeem(&presented, via))
-            .await
-        {
-            Ok((r, Ok(()))) => r,
-            Ok((
-                Redeemed::Accepted {
-                    token_id, lock_id, ..
-                },
-                Err(e),
-            )) => {
-                if e.is_full() {
-                    tracing::error!(%token_id, %lock_id, error = %e,
-                        "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
-                } else {
-                    tracing::error!(%token_id, %lock_id, error = %e,
-                        "REFUSING UNLOCK: committing the use failed, so the lock stays shut");
-                }
-                Redeemed::StorageFailed {
-                    reason: e.to_string(),
-                }
+        settle(
+            self.call_grouped(move |db| db.redeem(&presented, via))
+                .await,
+        )
+    }
+
+    /// Opens a cloud command ([`Db::open_command`]) and, when it is an `unlock`, makes the
+    /// whole unlock decision ([`Db::redeem`]) in the same group transaction: the command id,
+    /// the moved time anchor, the token use and its `accepted` event share one commit (one
+    /// fsync), and the answer comes only after it. A redelivered command is dropped by its id
+    /// (`Ok(None)`) because the id was committed together with the use, before the lock moved.
+    /// A failed commit loses the id and the use together: the unlock is answered
+    /// `storage_error` (the lock must not move) and a redelivery would be decided afresh.
+    pub async fn open_command(&self, payload: String) -> Result<Option<Opened>, CommandError> {
+        let r = self
+            .call_grouped(move |db| {
+                let env = match db.open_command(&payload) {
+                    Ok(Some(env)) => env,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let redeemed = match &env.message {
+                    Message::Cmd(Command::Unlock { token }) => {
+                        Some(db.redeem(&Presented::classify(token), Presenter::Cloud))
+                    }
+                    _ => None,
+                };
+                Ok(Some((env, redeemed)))
+            })
+            .await?;
+        match r {
+            (Ok(Some((env, redeemed))), commit) => {
+                let redeemed = redeemed.map(|red| settle(Ok((red, commit))));
+                Ok(Some(Opened { env, redeemed }))
             }
-            Ok((refused, Err(e))) => {
-                tracing::error!(error = %e, code = refused.code().as_str(), "cannot record the refusal event");
-                refused
-            }
-            Err(e) => Redeemed::StorageFailed {
-                reason: e.to_string(),
-            },
+            (Ok(None), _) => Ok(None),
+            (Err(e), _) => Err(e),
         }
     }
 
+    /// Signs and appends several messages to the outbox as one unit (all or none) with group
+    /// commit; answers once they are durable. The unlock path writes its outcome event and
+    /// the command's ack this way: one commit instead of two.
+    pub async fn append_all(
+        &self,
+        messages: Vec<(TopicKind, Option<Uuid>, Message)>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let (r, commit) = self.call_grouped(move |db| db.append_all(messages)).await?;
+        commit?;
+        r
+    }
+
+    /// Hands over outbox rows the broker acknowledged; they are deleted with the next commit
+    /// (see [`Delivered`]). Does not wait for the store thread.
+    pub fn delivered(&self, seqs: &[i64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.seqs.extend_from_slice(seqs);
+        d.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Delivered rows waiting for deletion, and how long the oldest has waited.
+    pub fn delivered_waiting(&self) -> (usize, Option<Duration>) {
+        let d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (d.seqs.len(), d.since.map(|t| t.elapsed()))
+    }
+
+    /// Deletes the delivered rows still waiting, in a commit without an fsync (see
+    /// [`Delivered`]); answers when it is done.
+    pub async fn flush_delivered(&self) -> Result<(), StoreError> {
+        self.call(|db| db.flush_delivered()).await?
+    }
+}
+
+/// A command opened by [`Store::open_command`].
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub env: Envelope,
+    /// For an `unlock`: the decision, already committed (or `StorageFailed`).
+    pub redeemed: Option<Redeemed>,
+}
+
+/// Turns a group-committed unlock decision and its commit's outcome into the answer: a failed
+/// commit turns an acceptance into [`Redeemed::StorageFailed`] (the lock must not move); a
+/// refusal keeps its code (only its event was lost, and a full disk must not hide the answer).
+fn settle(r: Result<(Redeemed, Result<(), StoreError>), StoreError>) -> Redeemed {
+    match r {
+        Ok((r, Ok(()))) => r,
+        Ok((
+            Redeemed::Accepted {
+                token_id, lock_id, ..
+            },
+            Err(e),
+        )) => {
+            if e.is_full() {
+                tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
+            } else {
+                tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: committing the use failed, so the lock stays shut");
+            }
+            Redeemed::StorageFailed {
+                reason: e.to_string(),
+            }
+        }
+        Ok((refused, Err(e))) => {
+            tracing::error!(error = %e, code = refused.code().as_str(), "cannot record the refusal event");
+            refused
+        }
+        Err(e) => Redeemed::StorageFailed {
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl Store {
     /// Appends an event to the outbox with group commit; answers once it is durable.
     pub async fn append_event(&self, event: Event) -> Result<Uuid, StoreError> {
         let (r, commit) = self.call_grouped(move |db| db.append_event(event)).await?;
@@ -466,6 +575,8 @@ pub struct Db {
     pending: u64,
     dead: u64,
     stop: bool,
+    /// Shared with the [`Store`] handles: acknowledged rows to delete.
+    delivered: Arc<std::sync::Mutex<Delivered>>,
     /// Group transactions committed, and the requests they carried (for benchmarks/metrics).
     groups: u64,
     grouped: u64,
@@ -563,6 +674,15 @@ impl Db {
                 Err(_) => break,
             }
         }
+        // Acknowledged rows ride along: their deletion needs no commit of its own. A failure
+        // here leaves them for the next commit (they are put back).
+        if !self.conn.is_autocommit() {
+            let seqs = self.take_delivered();
+            if let Err(e) = self.delete_rows(&seqs) {
+                tracing::warn!(error = %e, "cannot delete acknowledged outbox rows; retrying later");
+                self.give_back_delivered(seqs);
+            }
+        }
         let commit = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
         if commit.is_err() {
             if !self.conn.is_autocommit() {
@@ -586,7 +706,11 @@ impl Db {
         leftover
     }
 
-    fn open(cfg: StoreConfig, clock: Arc<TrustedClock>) -> Result<Db, StoreError> {
+    fn open(
+        cfg: StoreConfig,
+        clock: Arc<TrustedClock>,
+        delivered: Arc<std::sync::Mutex<Delivered>>,
+    ) -> Result<Db, StoreError> {
         if let Some(dir) = cfg.path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -624,6 +748,7 @@ impl Db {
             pending: 0,
             dead: 0,
             stop: false,
+            delivered,
             groups: 0,
             grouped: 0,
         };
@@ -1000,6 +1125,29 @@ impl Db {
         Ok(id)
     }
 
+    /// Signs `messages` and appends them to the outbox as one unit: a savepoint, so inside a
+    /// group a failure undoes all of them and nothing else; alone, a transaction of its own.
+    pub fn append_all(
+        &mut self,
+        messages: Vec<(TopicKind, Option<Uuid>, Message)>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let now = self.clock.now_ms();
+        let signed: Vec<_> = messages
+            .into_iter()
+            .map(|(topic, lock, m)| {
+                let (id, jws) = self.sign(m);
+                (topic, lock, id, jws)
+            })
+            .collect();
+        let sp = self.conn.savepoint()?;
+        for (topic, lock, id, jws) in &signed {
+            Self::insert_outbox(&sp, *id, *topic, *lock, now, jws)?;
+        }
+        sp.commit()?;
+        self.pending += signed.len() as u64;
+        Ok(signed.into_iter().map(|(_, _, id, _)| id).collect())
+    }
+
     /// Appends an event.
     pub fn append_event(&mut self, event: Event) -> Result<Uuid, StoreError> {
         let lock = event.lock_id();
@@ -1243,8 +1391,92 @@ impl Db {
         Ok(())
     }
 
-    /// Backlog size and age.
-    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+    fn take_delivered(&self) -> Vec<i64> {
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.since = None;
+        std::mem::take(&mut d.seqs)
+    }
+
+    fn give_back_delivered(&self, mut seqs: Vec<i64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seqs.append(&mut d.seqs);
+        d.seqs = seqs;
+        d.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Deletes outbox rows by seq with the current transaction (or each as its own when
+    /// there is none); rows already gone are skipped. Keeps the backlog count.
+    fn delete_rows(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut removed = 0u64;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for s in seqs {
+                removed += stmt.execute(params![s])? as u64;
+            }
+        }
+        self.pending = self.pending.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Deletes the acknowledged rows handed over by [`Store::delivered`] that no group
+    /// commit took along, in one transaction committed without an fsync: see [`Delivered`]
+    /// for why losing it is harmless. `synchronous` is back to FULL before anything else
+    /// commits.
+    pub fn flush_delivered(&mut self) -> Result<(), StoreError> {
+        let seqs = self.take_delivered();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let r = self.delete_lazily(&seqs);
+        if r.is_err() {
+            self.give_back_delivered(seqs);
+        }
+        r
+    }
+
+    fn delete_lazily(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = (|| {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let pending = self.pending;
+            match self.delete_rows(seqs) {
+                Ok(()) => {
+                    if let Err(e) = self.conn.execute_batch("COMMIT") {
+                        self.pending = pending;
+                        return Err(e.into());
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.pending = pending;
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        // Every other commit must stay durable: if this fails the connection is not to be
+        // trusted with a use, so the error wins over the deletion's.
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        r
+    }
+
+    /// Backlog size and age (acknowledged rows still waiting for deletion are deleted
+    /// first, so the figure is what the broker has not acknowledged).
+    pub fn outbox_stats(&mut self) -> Result<OutboxStats, StoreError> {
+        if let Err(e) = self.flush_delivered() {
+            tracing::warn!(error = %e, "cannot delete acknowledged outbox rows");
+        }
         let oldest = self
             .conn
             .prepare_cached("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1")?
