@@ -22,7 +22,7 @@
 //! version in `settings`), the outbox (every event as its signed JWS, so replays keep the
 //! same id), commands already seen, settings and the time anchor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,11 +323,27 @@ struct Delivered {
     since: Option<Instant>,
 }
 
+/// Outbox rows committed since the MQTT link last looked, in `seq` order: the link publishes
+/// from here without a round trip to the store thread ([`Store::take_fresh`]). The store
+/// thread adds a row only once the transaction that wrote it has committed, so nothing here
+/// can be undone; the link uses it only after a read of the outbox itself found nothing
+/// more (everything committed before that read was in it, everything after is here).
+#[derive(Debug, Default)]
+struct Fresh {
+    rows: VecDeque<OutRow>,
+    /// Rows were dropped at the bound: the link must read the outbox itself again.
+    overflowed: bool,
+}
+
+/// Rows kept in [`Fresh`] at most (a link that is down or behind reads the outbox instead).
+const FRESH_MAX: usize = 1024;
+
 /// Handle to the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
     delivered: Arc<std::sync::Mutex<Delivered>>,
+    fresh: Arc<std::sync::Mutex<Fresh>>,
 }
 
 impl Store {
@@ -339,7 +355,8 @@ impl Store {
         clock: Arc<TrustedClock>,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         let delivered = Arc::new(std::sync::Mutex::new(Delivered::default()));
-        let db = Db::open(cfg, clock, delivered.clone())?;
+        let fresh = Arc::new(std::sync::Mutex::new(Fresh::default()));
+        let db = Db::open(cfg, clock, delivered.clone(), fresh.clone())?;
         let (tx, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("dmr-store".into())
@@ -366,7 +383,14 @@ impl Store {
                 tracing::debug!("store thread: closing the database");
             })
             .map_err(StoreError::Thread)?;
-        Ok((Store { tx, delivered }, handle))
+        Ok((
+            Store {
+                tx,
+                delivered,
+                fresh,
+            },
+            handle,
+        ))
     }
 
     /// Asks the thread to close the database after the requests already queued; later
@@ -495,6 +519,26 @@ impl Store {
         d.since.get_or_insert_with(Instant::now);
     }
 
+    /// Committed outbox rows after `after_seq`, at most `max`, taken out of [`Fresh`] (older
+    /// ones are dropped). `None` when rows were lost at its bound since the last call: read
+    /// the outbox itself then.
+    pub fn take_fresh(&self, after_seq: i64, max: usize) -> Option<Vec<OutRow>> {
+        let mut f = self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.overflowed {
+            f.overflowed = false;
+            f.rows.clear();
+            return None;
+        }
+        while f.rows.front().is_some_and(|r| r.seq <= after_seq) {
+            f.rows.pop_front();
+        }
+        let n = f.rows.len().min(max);
+        Some(f.rows.drain(..n).collect())
+    }
+
     /// Delivered rows waiting for deletion, and how long the oldest has waited.
     pub fn delivered_waiting(&self) -> (usize, Option<Duration>) {
         let d = self
@@ -577,6 +621,10 @@ pub struct Db {
     stop: bool,
     /// Shared with the [`Store`] handles: acknowledged rows to delete.
     delivered: Arc<std::sync::Mutex<Delivered>>,
+    /// Shared with the [`Store`] handles: committed rows for the link.
+    fresh: Arc<std::sync::Mutex<Fresh>>,
+    /// Rows written inside the open group transaction, for [`Fresh`] once it commits.
+    staged: Vec<OutRow>,
     /// Group transactions committed, and the requests they carried (for benchmarks/metrics).
     groups: u64,
     grouped: u64,
@@ -697,6 +745,10 @@ impl Db {
                 Err(e) => tracing::warn!(error = %e, "cannot recount the outbox"),
             }
         }
+        let staged = std::mem::take(&mut self.staged);
+        if commit.is_ok() {
+            self.publish_fresh(staged);
+        }
         self.groups += 1;
         self.grouped += done.len() as u64;
         tracing::trace!(size = done.len(), "group committed");
@@ -710,6 +762,7 @@ impl Db {
         cfg: StoreConfig,
         clock: Arc<TrustedClock>,
         delivered: Arc<std::sync::Mutex<Delivered>>,
+        fresh: Arc<std::sync::Mutex<Fresh>>,
     ) -> Result<Db, StoreError> {
         if let Some(dir) = cfg.path.parent()
             && !dir.as_os_str().is_empty()
@@ -749,6 +802,8 @@ impl Db {
             dead: 0,
             stop: false,
             delivered,
+            fresh,
+            staged: Vec::new(),
             groups: 0,
             grouped: 0,
         };
@@ -1089,6 +1144,7 @@ impl Db {
         (id, env.sign(Kid::Gateway(self.gw), &self.key))
     }
 
+    /// Inserts one outbox row; returns its seq.
     fn insert_outbox(
         conn: &Connection,
         id: Uuid,
@@ -1096,7 +1152,7 @@ impl Db {
         lock_id: Option<Uuid>,
         created_ms: u64,
         jws: &str,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<i64, rusqlite::Error> {
         conn.prepare_cached(
             "INSERT INTO outbox (id, topic, lock_id, created_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
@@ -1107,7 +1163,33 @@ impl Db {
             created_ms as i64,
             jws
         ])?;
-        Ok(())
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Rows whose insert (and savepoint) succeeded: for [`Fresh`] now when they are already
+    /// committed (no transaction open), else when the group commits.
+    fn stage(&mut self, rows: Vec<OutRow>) {
+        if self.conn.is_autocommit() {
+            self.publish_fresh(rows);
+        } else {
+            self.staged.extend(rows);
+        }
+    }
+
+    fn publish_fresh(&self, rows: Vec<OutRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut f = self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.rows.len() + rows.len() > FRESH_MAX {
+            f.rows.clear();
+            f.overflowed = true;
+            return;
+        }
+        f.rows.extend(rows);
     }
 
     /// Signs `message` and appends it to the outbox: in its own durable transaction when
@@ -1120,8 +1202,9 @@ impl Db {
     ) -> Result<Uuid, StoreError> {
         let now = self.clock.now_ms();
         let (id, jws) = self.sign(message);
-        Self::insert_outbox(&self.conn, id, topic, lock_id, now, &jws)?;
+        let seq = Self::insert_outbox(&self.conn, id, topic, lock_id, now, &jws)?;
         self.pending += 1;
+        self.stage(vec![OutRow { seq, topic, jws }]);
         Ok(id)
     }
 
@@ -1140,12 +1223,20 @@ impl Db {
             })
             .collect();
         let sp = self.conn.savepoint()?;
+        let mut seqs = Vec::with_capacity(signed.len());
         for (topic, lock, id, jws) in &signed {
-            Self::insert_outbox(&sp, *id, *topic, *lock, now, jws)?;
+            seqs.push(Self::insert_outbox(&sp, *id, *topic, *lock, now, jws)?);
         }
         sp.commit()?;
         self.pending += signed.len() as u64;
-        Ok(signed.into_iter().map(|(_, _, id, _)| id).collect())
+        let mut ids = Vec::with_capacity(signed.len());
+        let mut rows = Vec::with_capacity(signed.len());
+        for ((topic, _, id, jws), seq) in signed.into_iter().zip(seqs) {
+            ids.push(id);
+            rows.push(OutRow { seq, topic, jws });
+        }
+        self.stage(rows);
+        Ok(ids)
     }
 
     /// Appends an event.
@@ -1319,7 +1410,7 @@ impl Db {
             via_s,
             event_id.hyphenated().to_string()
         ])?;
-        Self::insert_outbox(
+        let seq = Self::insert_outbox(
             &tx,
             event_id,
             TopicKind::Event,
@@ -1329,6 +1420,11 @@ impl Db {
         )?;
         tx.commit()?;
         self.pending += 1;
+        self.stage(vec![OutRow {
+            seq,
+            topic: TopicKind::Event,
+            jws,
+        }]);
         Ok(())
     }
 
