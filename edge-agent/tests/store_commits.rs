@@ -294,3 +294,45 @@ async fn fresh_rows_for_the_link_are_committed_rows_only_in_order() {
     running.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_append_waits_for_company_within_the_group_window() {
+    let sim = sim(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
+    let (running, _) = start_agent(&toml).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store = running.store.clone();
+    let commits = count_commits(&running).await;
+    // Alone it commits by itself, within the window (plus the fsync).
+    let t = std::time::Instant::now();
+    let ev = (TopicKind::Event, Some(lock_id(1)), Message::Event(door(0)));
+    store.append_all_patient(vec![ev]).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    // An urgent write arriving a moment later shares its commit. Scheduling on a loaded
+    // machine can delay the second past the window, so a few tries are allowed; without the
+    // wait every try takes two commits.
+    let mut shared = false;
+    for i in 0..5 {
+        let before = commits.load(Ordering::SeqCst);
+        let st = store.clone();
+        let ev = (TopicKind::Event, Some(lock_id(1)), Message::Event(door(i)));
+        let patient = tokio::spawn(async move { st.append_all_patient(vec![ev]).await });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        store.append_event(door(i + 1)).await.unwrap();
+        patient.await.unwrap().unwrap();
+        if commits.load(Ordering::SeqCst) - before == 1 {
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "the patient append never shared a commit");
+    // A plain (urgent) append never waits: two of them, one after the other, two commits.
+    let before = commits.load(Ordering::SeqCst);
+    store.append_event(door(7)).await.unwrap();
+    store.append_event(door(8)).await.unwrap();
+    assert_eq!(commits.load(Ordering::SeqCst) - before, 2);
+    running.shutdown(Duration::from_secs(5)).await;
+    sim.shutdown().await;
+}
