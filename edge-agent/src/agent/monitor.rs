@@ -140,17 +140,7 @@ async fn record(deps: &MonitorDeps, events: Vec<Event>) {
         })
         .collect::<Vec<_>>();
     let n = rows.len();
-    // Door changes can wait a few milliseconds for another write to share the fsync with;
-    // alarms (forced open, tamper, ...) and online/offline changes cannot.
-    let doors_only = rows
-        .iter()
-        .all(|(_, _, m)| matches!(m, dmr_protocol::message::Message::Event(Event::Door(_))));
-    let written = if doors_only {
-        deps.store.append_all_patient(rows).await
-    } else {
-        deps.store.append_all(rows).await
-    };
-    match written {
+    match deps.store.append_all(rows).await {
         Ok(_) => deps.kick.notify_one(),
         Err(e) => tracing::error!(error = %e, events = n, "cannot record lock events"),
     }

@@ -14,8 +14,6 @@
 //! only then sends each its reply. Nothing waiting means an immediate commit, so a lone
 //! unlock pays exactly what it did before; a burst shares fsyncs instead of queueing one
 //! each behind the disk. A reply (and so the lock being driven) never precedes its commit.
-//! Requests that can wait ([`Store::append_all_patient`]: door changes) make their group wait
-//! for company up to the same window before committing.
 //!
 //! The database runs in WAL mode with `synchronous=FULL`, so a committed transaction
 //! survives a power cut. Migrations are numbered and applied in order inside one
@@ -306,9 +304,8 @@ type Done = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
 enum Job {
     /// Runs alone, commits whatever it writes itself.
     Plain(Box<dyn FnOnce(&mut Db) + Send>),
-    /// Runs inside the current group transaction; its reply waits for the commit. Patient
-    /// (`true`): the group may wait for company ([`Store::append_all_patient`]).
-    Grouped(Box<dyn FnOnce(&mut Db) -> Done + Send>, bool),
+    /// Runs inside the current group transaction; its reply waits for the commit.
+    Grouped(Box<dyn FnOnce(&mut Db) -> Done + Send>),
 }
 
 /// Outbox rows the broker has acknowledged (PUBACK) and that are not deleted yet: the link
@@ -365,13 +362,6 @@ impl Store {
             .name("dmr-store".into())
             .spawn(move || {
                 let mut db = db;
-                // For a patient group's timed wait on the channel. Without it (it cannot be
-                // built) patient requests commit at once like the others.
-                let waiter = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .map_err(|e| tracing::warn!(error = %e, "no timer for patient group commits"))
-                    .ok();
                 // A plain request met while a group was collecting runs right after its commit.
                 let mut next: Option<Job> = None;
                 loop {
@@ -384,9 +374,7 @@ impl Store {
                     };
                     match job {
                         Job::Plain(f) => f(&mut db),
-                        Job::Grouped(f, patient) => {
-                            next = db.run_group(f, patient, &mut rx, waiter.as_ref())
-                        }
+                        Job::Grouped(f) => next = db.run_group(f, &mut rx),
                     }
                     if db.stop {
                         break;
@@ -442,35 +430,20 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Db) -> R + Send + 'static,
     {
-        self.grouped(f, false).await
-    }
-
-    async fn grouped<R, F>(
-        &self,
-        f: F,
-        patient: bool,
-    ) -> Result<(R, Result<(), StoreError>), StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Db) -> R + Send + 'static,
-    {
         let (reply, rx) = oneshot::channel();
-        let job = Job::Grouped(
-            Box::new(move |db| {
-                let r = f(db);
-                Box::new(move |commit: &Result<(), StoreError>| {
-                    let c = match commit {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(StoreError::Commit {
-                            reason: e.to_string(),
-                            full: e.is_full(),
-                        }),
-                    };
-                    let _ = reply.send((r, c));
-                })
-            }),
-            patient,
-        );
+        let job = Job::Grouped(Box::new(move |db| {
+            let r = f(db);
+            Box::new(move |commit: &Result<(), StoreError>| {
+                let c = match commit {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Commit {
+                        reason: e.to_string(),
+                        full: e.is_full(),
+                    }),
+                };
+                let _ = reply.send((r, c));
+            })
+        }));
         self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)
     }
@@ -528,23 +501,6 @@ impl Store {
         messages: Vec<(TopicKind, Option<Uuid>, Message)>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let (r, commit) = self.call_grouped(move |db| db.append_all(messages)).await?;
-        commit?;
-        r
-    }
-
-    /// [`Store::append_all`] for messages that can wait a little: when nothing else is
-    /// waiting to be written, the group transaction they open waits up to [`GROUP_WINDOW`]
-    /// from its start for another request to share its commit (and fsync) with, instead of
-    /// committing at once; any request that cannot wait ends the wait. Door changes go this
-    /// way: one is seen every few hundred milliseconds per unlock on a busy gateway, and most
-    /// then share a commit with an unlock's. The answer still comes only after the commit.
-    pub async fn append_all_patient(
-        &self,
-        messages: Vec<(TopicKind, Option<Uuid>, Message)>,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let (r, commit) = self
-            .grouped(move |db| db.append_all(messages), true)
-            .await?;
         commit?;
         r
     }
@@ -738,9 +694,7 @@ impl Db {
     fn run_group(
         &mut self,
         first: Box<dyn FnOnce(&mut Db) -> Done + Send>,
-        patient: bool,
         rx: &mut mpsc::Receiver<Job>,
-        waiter: Option<&tokio::runtime::Runtime>,
     ) -> Option<Job> {
         let started = Instant::now();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
@@ -753,34 +707,19 @@ impl Db {
         }
         let mut done = vec![first(self)];
         let mut leftover = None;
-        // Whether every request so far can wait for company (see append_all_patient).
-        let mut patient = patient;
         // SQLite rolls the whole transaction back by itself on some errors (full disk, I/O):
         // then nothing more may join it, and the commit below fails for everyone in it.
-        while !self.conn.is_autocommit() && done.len() < GROUP_MAX {
-            let Some(left) = GROUP_WINDOW.checked_sub(started.elapsed()) else {
-                break;
-            };
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Empty) if patient => waiter.and_then(|rt| {
-                    // The timer is made inside block_on: it needs the runtime's context.
-                    rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                        .ok()
-                        .flatten()
-                }),
-                Err(_) => None,
-            };
-            match next {
-                Some(Job::Grouped(f, p)) => {
-                    done.push(f(self));
-                    patient &= p;
-                }
-                Some(plain) => {
+        while !self.conn.is_autocommit()
+            && started.elapsed() < GROUP_WINDOW
+            && done.len() < GROUP_MAX
+        {
+            match rx.try_recv() {
+                Ok(Job::Grouped(f)) => done.push(f(self)),
+                Ok(plain) => {
                     leftover = Some(plain);
                     break;
                 }
-                None => break,
+                Err(_) => break,
             }
         }
         // Acknowledged rows ride along: their deletion needs no commit of its own. A failure
