@@ -625,6 +625,8 @@ pub struct Db {
     fresh: Arc<std::sync::Mutex<Fresh>>,
     /// Rows written inside the open group transaction, for [`Fresh`] once it commits.
     staged: Vec<OutRow>,
+    /// `synchronous` was lowered for a lazy deletion and not yet put back to FULL.
+    sync_lowered: bool,
     /// Group transactions committed, and the requests they carried (for benchmarks/metrics).
     groups: u64,
     grouped: u64,
@@ -722,16 +724,45 @@ impl Db {
                 Err(_) => break,
             }
         }
-        // Acknowledged rows ride along: their deletion needs no commit of its own. A failure
-        // here leaves them for the next commit (they are put back).
+        // Acknowledged rows ride along: their deletion needs no commit of its own. In a
+        // savepoint, so a failure undoes only them and leaves them for the next commit.
         if !self.conn.is_autocommit() {
             let seqs = self.take_delivered();
-            if let Err(e) = self.delete_rows(&seqs) {
-                tracing::warn!(error = %e, "cannot delete acknowledged outbox rows; retrying later");
-                self.give_back_delivered(seqs);
+            if !seqs.is_empty() {
+                let pending = self.pending;
+                let r = self
+                    .conn
+                    .execute_batch("SAVEPOINT delivered")
+                    .map_err(StoreError::from)
+                    .and_then(|()| self.delete_rows(&seqs))
+                    .and_then(|()| Ok(self.conn.execute_batch("RELEASE delivered")?));
+                if let Err(e) = r {
+                    self.pending = pending;
+                    let _ = self
+                        .conn
+                        .execute_batch("ROLLBACK TO delivered; RELEASE delivered");
+                    tracing::warn!(error = %e, "cannot delete acknowledged outbox rows; retrying later");
+                    self.give_back_delivered(seqs);
+                }
             }
         }
-        let commit = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        // A lazy deletion lowers `synchronous` for its own commit; if putting it back failed
+        // then, this commit must not go out without its fsync.
+        let durable = if self.sync_lowered {
+            match self.conn.pragma_update(None, "synchronous", "FULL") {
+                Ok(()) => {
+                    self.sync_lowered = false;
+                    Ok(())
+                }
+                Err(e) => Err(StoreError::from(e)),
+            }
+        } else {
+            Ok(())
+        };
+        let commit = match durable {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
         if commit.is_err() {
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -804,6 +835,7 @@ impl Db {
             delivered,
             fresh,
             staged: Vec::new(),
+            sync_lowered: false,
             groups: 0,
             grouped: 0,
         };
@@ -1542,6 +1574,7 @@ impl Db {
     }
 
     fn delete_lazily(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.sync_lowered = true;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let r = (|| {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -1550,6 +1583,9 @@ impl Db {
                 Ok(()) => {
                     if let Err(e) = self.conn.execute_batch("COMMIT") {
                         self.pending = pending;
+                        if !self.conn.is_autocommit() {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                        }
                         return Err(e.into());
                     }
                     Ok(())
@@ -1561,9 +1597,10 @@ impl Db {
                 }
             }
         })();
-        // Every other commit must stay durable: if this fails the connection is not to be
-        // trusted with a use, so the error wins over the deletion's.
+        // Every other commit must stay durable: if this fails, `sync_lowered` stays set and
+        // the next group commit tries again before it commits, or fails (see run_group).
         self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.sync_lowered = false;
         r
     }
 
