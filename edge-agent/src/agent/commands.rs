@@ -9,7 +9,9 @@
 //! HTTP sync applies what it pulls through the same [`put_tokens`], [`revoke`] and
 //! [`config_set`] functions, so both ways in behave the same. Every opened
 //! command is answered on the ack topic; the ack goes through the outbox like any event, so
-//! it survives a broken link. A message that does not verify gets no ack: its id cannot be
+//! it survives a broken link. An `unlock` takes two commits in all: the command id with the
+//! token use ([`super::store::Store::open_command`]), then the outcome event with the ack
+//! ([`super::unlock::Unlocker::finish`]). A message that does not verify gets no ack: its id cannot be
 //! trusted, and answering forgeries would let a broker make us talk.
 
 use std::sync::Arc;
