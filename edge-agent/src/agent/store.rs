@@ -506,7 +506,7 @@ impl Store {
     }
 
     /// Hands over outbox rows the broker acknowledged; they are deleted with the next commit
-    /// (see [`Delivered`]). Does not wait for the store thread.
+    /// (see `Delivered`). Does not wait for the store thread.
     pub fn delivered(&self, seqs: &[i64]) {
         if seqs.is_empty() {
             return;
@@ -519,7 +519,7 @@ impl Store {
         d.since.get_or_insert_with(Instant::now);
     }
 
-    /// Committed outbox rows after `after_seq`, at most `max`, taken out of [`Fresh`] (older
+    /// Committed outbox rows after `after_seq`, at most `max`, taken out of `Fresh` (older
     /// ones are dropped). `None` when rows were lost at its bound since the last call: read
     /// the outbox itself then.
     pub fn take_fresh(&self, after_seq: i64, max: usize) -> Option<Vec<OutRow>> {
@@ -549,7 +549,7 @@ impl Store {
     }
 
     /// Deletes the delivered rows still waiting, in a commit without an fsync (see
-    /// [`Delivered`]); answers when it is done.
+    /// `Delivered`); answers when it is done.
     pub async fn flush_delivered(&self) -> Result<(), StoreError> {
         self.call(|db| db.flush_delivered()).await?
     }
@@ -1558,7 +1558,7 @@ impl Db {
     }
 
     /// Deletes the acknowledged rows handed over by [`Store::delivered`] that no group
-    /// commit took along, in one transaction committed without an fsync: see [`Delivered`]
+    /// commit took along, in one transaction committed without an fsync: see `Delivered`
     /// for why losing it is harmless. `synchronous` is back to FULL before anything else
     /// commits.
     pub fn flush_delivered(&mut self) -> Result<(), StoreError> {
