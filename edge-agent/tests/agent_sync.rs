@@ -548,11 +548,13 @@ async fn revocations_and_config_versions_only_move_forward_and_the_beacon_never_
         &format!("cloud_url = \"{}\"\nsync_interval_s = 3600", cloud.url()),
     );
     let (running, _) = start_agent(&toml).await;
+    // The pull applies revocations and settings in two store calls: wait for both (waiting
+    // for the revocations alone raced the settings on a loaded machine).
     wait_until_async(Duration::from_secs(10), "first pull applied", || async {
-        position(&running).await.revocations_version == 5
+        let p = position(&running).await;
+        p.revocations_version == 5 && p.config_version == 4
     })
     .await;
-    assert_eq!(position(&running).await.config_version, 4);
     assert_eq!(running.clock.anchor_ms(), Some(ahead));
     let persisted = count(&running, "SELECT cloud_ms FROM time_anchor WHERE id = 1").await;
     assert_eq!(persisted as u64, ahead);

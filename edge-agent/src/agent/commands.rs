@@ -1,6 +1,6 @@
 //! Cloud commands: verify, drop duplicates, apply, answer with a signed ack.
 //!
-//! A command is opened on the store thread ([`super::store::Db::open_command`]): signature
+//! A command is opened on the store thread ([`super::store::Store::open_command`]): signature
 //! by a trusted cloud key, addressed to this gateway, not past `exp_ms` by trusted time, id
 //! not seen before (QoS 1 redelivers). Its `ts` moves the trusted-time anchor. Then:
 //! `unlock` goes through the one unlock path; `tokens.put`, `tokens.revoke` and `config.set`
@@ -9,7 +9,9 @@
 //! HTTP sync applies what it pulls through the same [`put_tokens`], [`revoke`] and
 //! [`config_set`] functions, so both ways in behave the same. Every opened
 //! command is answered on the ack topic; the ack goes through the outbox like any event, so
-//! it survives a broken link. A message that does not verify gets no ack: its id cannot be
+//! it survives a broken link. An `unlock` takes two commits in all: the command id with the
+//! token use ([`super::store::Store::open_command`]), then the outcome event with the ack
+//! ([`super::unlock::Unlocker::finish`]). A message that does not verify gets no ack: its id cannot be
 //! trusted, and answering forgeries would let a broker make us talk.
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use dmr_protocol::topic::TopicKind;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::store::Store;
+use super::store::{CommandError, Opened, Redeemed, Store, StoreError};
 use super::unlock::Unlocker;
 
 /// What the handler needs.
@@ -59,19 +61,19 @@ pub async fn run(
 /// Handles one command payload (a compact JWS). Returns the ack result, if one was sent.
 pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
     let started = Instant::now();
-    let opened = deps.store.call(move |db| db.open_command(&payload)).await;
-    let env = match opened {
-        Ok(Ok(Some(env))) => env,
-        Ok(Ok(None)) => {
+    // An unlock is decided in this same commit (see Store::open_command).
+    let (env, redeemed) = match deps.store.open_command(payload).await {
+        Ok(Some(Opened { env, redeemed })) => (env, redeemed),
+        Ok(None) => {
             tracing::debug!("duplicate command dropped");
             return None;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "command refused");
+        Err(CommandError::Store(e)) if matches!(e, StoreError::Stopped) => {
+            tracing::error!(error = %e, "store stopped");
             return None;
         }
         Err(e) => {
-            tracing::error!(error = %e, "store stopped");
+            tracing::warn!(error = %e, "command refused");
             return None;
         }
     };
@@ -80,7 +82,21 @@ pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
     };
     let op = cmd.op();
     let result = match cmd.clone() {
-        Command::Unlock { token } => deps.unlocker.present(&token, Presenter::Cloud).await.result,
+        Command::Unlock { .. } => {
+            let redeemed = redeemed.unwrap_or_else(|| Redeemed::StorageFailed {
+                reason: "unlock command opened without a decision".into(),
+            });
+            // The outcome event and the ack are written in one commit.
+            let (reply, acked) = deps
+                .unlocker
+                .finish(redeemed, Presenter::Cloud, started, Some((env.id, started)))
+                .await;
+            if acked {
+                deps.kick.notify_one();
+            }
+            tracing::info!(op, cmd = %env.id, result = reply.result.as_str(), "command applied");
+            return Some(reply.result);
+        }
         Command::TokensPut { tokens } => put_tokens(deps, tokens).await,
         Command::TokensRevoke { token_ids, version } => revoke(deps, token_ids, version).await,
         Command::ConfigSet(cs) => config_set(deps, cs).await,
@@ -97,12 +113,11 @@ pub async fn handle(deps: &CommandDeps, payload: String) -> Option<ResultCode> {
     };
     match deps
         .store
-        .call(move |db| db.append(TopicKind::Ack, None, Message::Ack(ack)))
+        .append_all(vec![(TopicKind::Ack, None, Message::Ack(ack))])
         .await
     {
-        Ok(Ok(_)) => deps.kick.notify_one(),
-        Ok(Err(e)) => tracing::error!(error = %e, op, "cannot queue the ack"),
-        Err(e) => tracing::error!(error = %e, op, "store stopped"),
+        Ok(_) => deps.kick.notify_one(),
+        Err(e) => tracing::error!(error = %e, op, "cannot queue the ack"),
     }
     tracing::info!(op, cmd = %env.id, result = result.as_str(), "command applied");
     Some(result)

@@ -64,6 +64,7 @@ struct Rounds {
 /// A lock whose door the poller watches between rounds (see [`Health::watch_door`]).
 #[derive(Debug, Clone, Copy)]
 struct Watched {
+    since: Instant,
     until: Instant,
     seen_open: bool,
 }
@@ -331,6 +332,7 @@ impl Health {
             w.insert(
                 lock_id,
                 Watched {
+                    since: Instant::now(),
                     until: Instant::now() + for_at_most,
                     seen_open: false,
                 },
@@ -339,14 +341,16 @@ impl Health {
         self.watch_added.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// The locks whose doors are watched now (expired ones are dropped).
-    pub fn watched_doors(&self) -> Vec<Uuid> {
+    /// The locks whose doors are watched now, with when each watch began (expired ones are
+    /// dropped). Filled into `out` (cleared first) so the poller reuses one buffer.
+    pub fn watched_doors_into(&self, out: &mut Vec<(Uuid, Instant)>) {
+        out.clear();
         let Ok(mut w) = self.watched.lock() else {
-            return Vec::new();
+            return;
         };
         let now = Instant::now();
         w.retain(|_, v| v.until > now);
-        w.keys().copied().collect()
+        out.extend(w.iter().map(|(id, v)| (*id, v.since)));
     }
 
     /// What a poll saw of a watched door: an open door is remembered, and a closed one after

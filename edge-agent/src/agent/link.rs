@@ -12,7 +12,13 @@
 //!
 //! Outbox rows go out at QoS 1 with up to `inflight` unacknowledged at once. rumqttc reports
 //! the packet id of each publish it sends (`Outgoing::Publish`) in the order the requests
-//! were made, which maps ids back to outbox rows; a row is deleted only after its PUBACK.
+//! were made, which maps ids back to outbox rows; a row is deleted only after its PUBACK,
+//! and then without a store round trip or an fsync of its own: the store deletes it with its
+//! next commit ([`Store::delivered`]; a lost deletion only republishes a row the cloud drops
+//! by id). Once a read of the outbox came back short (everything committed was in it), new
+//! rows are taken from the store's list of freshly committed rows ([`Store::take_fresh`])
+//! instead of reading the outbox again at every wake-up; a row gets there only after its
+//! transaction committed, so nothing is published before it is durable.
 //! Rows are published in `seq` order on one connection, so the broker sees them in order per
 //! lock; after a reconnect some may arrive twice, with the same signed id. Heartbeats are
 //! telemetry: QoS 0, sent only while connected, never queued (dropped if the request
@@ -38,10 +44,15 @@ use uuid::Uuid;
 use super::clock::TrustedClock;
 use super::config::MqttConfig;
 use super::health::Health;
-use super::store::Store;
+use super::store::{OutRow, Store};
 
-/// Rows deleted per store transaction after their PUBACKs.
+/// Acknowledged rows are deleted with the store's next commit; when none comes along, in a
+/// commit of their own once this many wait or the oldest has waited [`DELETE_AFTER`].
 const ACK_BATCH: usize = 256;
+/// See [`ACK_BATCH`]. Rows waiting are invisible to a reader of this session (it publishes
+/// after the last seq it sent), and a restart republishes them at worst (the cloud drops the
+/// copies by id), so the wait only bounds how long the backlog figure counts them.
+const DELETE_AFTER: Duration = Duration::from_millis(1000);
 /// Commands waiting for the command handler; at the bound the link stops reading the socket.
 pub const CMD_QUEUE: usize = 64;
 
@@ -169,7 +180,9 @@ struct Session<'a> {
     by_pkid: HashMap<u16, i64>,
     in_flight: usize,
     last_sent: i64,
-    acked: Vec<i64>,
+    /// A read of the outbox found every committed row after `last_sent`: what is committed
+    /// since is taken from the store's list of fresh rows, without a round trip to its thread.
+    caught_up: bool,
 }
 
 async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
@@ -200,7 +213,7 @@ async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
         by_pkid: HashMap::new(),
         in_flight: 0,
         last_sent: 0,
-        acked: Vec::new(),
+        caught_up: false,
     };
     let watchdog = deps.cfg.keep_alive * 2 + Duration::from_secs(5);
     let mut last_progress = Instant::now();
@@ -228,7 +241,10 @@ async fn session(deps: &LinkDeps, shutdown: &CancellationToken) -> End {
                 if s.connected {
                     s.fill().await;
                 }
-                s.flush_acks().await;
+                let (waiting, age) = deps.store.delivered_waiting();
+                if waiting >= ACK_BATCH || age.is_some_and(|a| a >= DELETE_AFTER) {
+                    s.flush_acks().await;
+                }
                 if last_progress.elapsed() > watchdog {
                     break End::Failed {
                         why: format!("watchdog: no MQTT progress for {} s; rebuilding the client", watchdog.as_secs()),
@@ -284,10 +300,8 @@ impl Session<'_> {
             Event::Incoming(Packet::PubAck(a)) => {
                 if let Some(seq) = self.by_pkid.remove(&a.pkid) {
                     self.in_flight = self.in_flight.saturating_sub(1);
-                    self.acked.push(seq);
-                    if self.acked.len() >= ACK_BATCH {
-                        self.flush_acks().await;
-                    }
+                    // Deleted with the store's next commit, no fsync of its own.
+                    self.deps.store.delivered(&[seq]);
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -306,10 +320,24 @@ impl Session<'_> {
         while self.in_flight < window {
             let room = window - self.in_flight;
             let after = self.last_sent;
+            let want = room.min(512);
+            if self.caught_up {
+                match self.deps.store.take_fresh(after, want) {
+                    Some(rows) if rows.is_empty() => return,
+                    Some(rows) => {
+                        if !self.publish(rows) {
+                            return;
+                        }
+                        continue;
+                    }
+                    // Rows were dropped from the list: read the outbox itself.
+                    None => self.caught_up = false,
+                }
+            }
             let rows = match self
                 .deps
                 .store
-                .call(move |db| db.outbox_batch(after, room.min(512)))
+                .call(move |db| db.outbox_batch(after, want))
                 .await
             {
                 Ok(Ok(rows)) => rows,
@@ -322,39 +350,46 @@ impl Session<'_> {
                     return;
                 }
             };
+            // Fewer than asked for: nothing committed after `after` was left out.
+            self.caught_up = rows.len() < want;
             if rows.is_empty() {
                 return;
             }
-            for row in rows {
-                let t = topic(self.deps.gw, row.topic);
-                match self.client.try_publish(t, QoS::AtLeastOnce, false, row.jws) {
-                    Ok(()) => {
-                        self.sent.push_back(Some(row.seq));
-                        self.in_flight += 1;
-                        self.last_sent = row.seq;
-                    }
-                    // The request channel is full: try again on the next tick.
-                    Err(_) => return,
-                }
+            if !self.publish(rows) {
+                return;
             }
         }
     }
 
+    /// Publishes rows in order; false when the request channel was full (the rest waits for
+    /// the next tick, read from the outbox again).
+    fn publish(&mut self, rows: Vec<OutRow>) -> bool {
+        for row in rows {
+            let t = topic(self.deps.gw, row.topic);
+            match self.client.try_publish(t, QoS::AtLeastOnce, false, row.jws) {
+                Ok(()) => {
+                    self.sent.push_back(Some(row.seq));
+                    self.in_flight += 1;
+                    self.last_sent = row.seq;
+                }
+                Err(_) => {
+                    self.caught_up = false;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Deletes the acknowledged rows no commit has taken along yet. Always before a new
+    /// session reads the outbox from its start, so it does not publish them again.
     async fn flush_acks(&mut self) {
-        if self.acked.is_empty() {
+        if self.deps.store.delivered_waiting().0 == 0 {
             return;
         }
-        let seqs = std::mem::take(&mut self.acked);
-        match self
-            .deps
-            .store
-            .call(move |db| db.outbox_delete(&seqs))
-            .await
-        {
-            Ok(Ok(())) => {}
-            // Rows not deleted are published again later; the cloud drops duplicates by id.
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete acknowledged outbox rows"),
-            Err(e) => tracing::warn!(error = %e, "store stopped"),
+        // Rows not deleted are published again later; the cloud drops duplicates by id.
+        if let Err(e) = self.deps.store.flush_delivered().await {
+            tracing::warn!(error = %e, "cannot delete acknowledged outbox rows");
         }
     }
 

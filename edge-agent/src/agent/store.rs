@@ -22,7 +22,7 @@
 //! version in `settings`), the outbox (every event as its signed JWS, so replays keep the
 //! same id), commands already seen, settings and the time anchor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -308,10 +308,42 @@ enum Job {
     Grouped(Box<dyn FnOnce(&mut Db) -> Done + Send>),
 }
 
+/// Outbox rows the broker has acknowledged (PUBACK) and that are not deleted yet: the link
+/// hands them over here without waiting for the store thread, and the thread deletes them
+/// inside the next transaction it commits anyway ([`Db::run_group`]) or, when none comes
+/// along, in a commit of their own without an fsync ([`Db::flush_delivered`]).
+///
+/// Why a deletion may be lost: an outbox row that comes back after a power cut is published
+/// again with its signed id, and the cloud drops the second copy by that id; the event itself
+/// was durable before it was first published. So deleting costs no fsync of its own.
+#[derive(Debug, Default)]
+struct Delivered {
+    seqs: Vec<i64>,
+    /// When the oldest entry of `seqs` was handed over.
+    since: Option<Instant>,
+}
+
+/// Outbox rows committed since the MQTT link last looked, in `seq` order: the link publishes
+/// from here without a round trip to the store thread ([`Store::take_fresh`]). The store
+/// thread adds a row only once the transaction that wrote it has committed, so nothing here
+/// can be undone; the link uses it only after a read of the outbox itself found nothing
+/// more (everything committed before that read was in it, everything after is here).
+#[derive(Debug, Default)]
+struct Fresh {
+    rows: VecDeque<OutRow>,
+    /// Rows were dropped at the bound: the link must read the outbox itself again.
+    overflowed: bool,
+}
+
+/// Rows kept in [`Fresh`] at most (a link that is down or behind reads the outbox instead).
+const FRESH_MAX: usize = 1024;
+
 /// Handle to the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    delivered: Arc<std::sync::Mutex<Delivered>>,
+    fresh: Arc<std::sync::Mutex<Fresh>>,
 }
 
 impl Store {
@@ -322,7 +354,9 @@ impl Store {
         cfg: StoreConfig,
         clock: Arc<TrustedClock>,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
-        let db = Db::open(cfg, clock)?;
+        let delivered = Arc::new(std::sync::Mutex::new(Delivered::default()));
+        let fresh = Arc::new(std::sync::Mutex::new(Fresh::default()));
+        let db = Db::open(cfg, clock, delivered.clone(), fresh.clone())?;
         let (tx, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("dmr-store".into())
@@ -349,7 +383,14 @@ impl Store {
                 tracing::debug!("store thread: closing the database");
             })
             .map_err(StoreError::Thread)?;
-        Ok((Store { tx }, handle))
+        Ok((
+            Store {
+                tx,
+                delivered,
+                fresh,
+            },
+            handle,
+        ))
     }
 
     /// Asks the thread to close the database after the requests already queued; later
@@ -412,38 +453,150 @@ impl Store {
     /// [`Redeemed::StorageFailed`] (the lock must not move); a refusal keeps its code (only
     /// its event was lost, and a full disk must not hide the answer).
     pub async fn redeem(&self, presented: Presented, via: Presenter) -> Redeemed {
-        match self
-            .call_grouped(move |db| db.redeem(&presented, via))
-            .await
-        {
-            Ok((r, Ok(()))) => r,
-            Ok((
-                Redeemed::Accepted {
-                    token_id, lock_id, ..
-                },
-                Err(e),
-            )) => {
-                if e.is_full() {
-                    tracing::error!(%token_id, %lock_id, error = %e,
-                        "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
-                } else {
-                    tracing::error!(%token_id, %lock_id, error = %e,
-                        "REFUSING UNLOCK: committing the use failed, so the lock stays shut");
-                }
-                Redeemed::StorageFailed {
-                    reason: e.to_string(),
-                }
+        settle(
+            self.call_grouped(move |db| db.redeem(&presented, via))
+                .await,
+        )
+    }
+
+    /// Opens a cloud command ([`Db::open_command`]) and, when it is an `unlock`, makes the
+    /// whole unlock decision ([`Db::redeem`]) in the same group transaction: the command id,
+    /// the moved time anchor, the token use and its `accepted` event share one commit (one
+    /// fsync), and the answer comes only after it. A redelivered command is dropped by its id
+    /// (`Ok(None)`) because the id was committed together with the use, before the lock moved.
+    /// A failed commit loses the id and the use together: the unlock is answered
+    /// `storage_error` (the lock must not move) and a redelivery would be decided afresh.
+    pub async fn open_command(&self, payload: String) -> Result<Option<Opened>, CommandError> {
+        let r = self
+            .call_grouped(move |db| {
+                let env = match db.open_command(&payload) {
+                    Ok(Some(env)) => env,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let redeemed = match &env.message {
+                    Message::Cmd(Command::Unlock { token }) => {
+                        Some(db.redeem(&Presented::classify(token), Presenter::Cloud))
+                    }
+                    _ => None,
+                };
+                Ok(Some((env, redeemed)))
+            })
+            .await?;
+        match r {
+            (Ok(Some((env, redeemed))), commit) => {
+                let redeemed = redeemed.map(|red| settle(Ok((red, commit))));
+                Ok(Some(Opened { env, redeemed }))
             }
-            Ok((refused, Err(e))) => {
-                tracing::error!(error = %e, code = refused.code().as_str(), "cannot record the refusal event");
-                refused
-            }
-            Err(e) => Redeemed::StorageFailed {
-                reason: e.to_string(),
-            },
+            (Ok(None), _) => Ok(None),
+            (Err(e), _) => Err(e),
         }
     }
 
+    /// Signs and appends several messages to the outbox as one unit (all or none) with group
+    /// commit; answers once they are durable. The unlock path writes its outcome event and
+    /// the command's ack this way: one commit instead of two.
+    pub async fn append_all(
+        &self,
+        messages: Vec<(TopicKind, Option<Uuid>, Message)>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let (r, commit) = self.call_grouped(move |db| db.append_all(messages)).await?;
+        commit?;
+        r
+    }
+
+    /// Hands over outbox rows the broker acknowledged; they are deleted with the next commit
+    /// (see `Delivered`). Does not wait for the store thread.
+    pub fn delivered(&self, seqs: &[i64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.seqs.extend_from_slice(seqs);
+        d.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Committed outbox rows after `after_seq`, at most `max`, taken out of `Fresh` (older
+    /// ones are dropped). `None` when rows were lost at its bound since the last call: read
+    /// the outbox itself then.
+    pub fn take_fresh(&self, after_seq: i64, max: usize) -> Option<Vec<OutRow>> {
+        let mut f = self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.overflowed {
+            f.overflowed = false;
+            f.rows.clear();
+            return None;
+        }
+        while f.rows.front().is_some_and(|r| r.seq <= after_seq) {
+            f.rows.pop_front();
+        }
+        let n = f.rows.len().min(max);
+        Some(f.rows.drain(..n).collect())
+    }
+
+    /// Delivered rows waiting for deletion, and how long the oldest has waited.
+    pub fn delivered_waiting(&self) -> (usize, Option<Duration>) {
+        let d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (d.seqs.len(), d.since.map(|t| t.elapsed()))
+    }
+
+    /// Deletes the delivered rows still waiting, in a commit without an fsync (see
+    /// `Delivered`); answers when it is done.
+    pub async fn flush_delivered(&self) -> Result<(), StoreError> {
+        self.call(|db| db.flush_delivered()).await?
+    }
+}
+
+/// A command opened by [`Store::open_command`].
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub env: Envelope,
+    /// For an `unlock`: the decision, already committed (or `StorageFailed`).
+    pub redeemed: Option<Redeemed>,
+}
+
+/// Turns a group-committed unlock decision and its commit's outcome into the answer: a failed
+/// commit turns an acceptance into [`Redeemed::StorageFailed`] (the lock must not move); a
+/// refusal keeps its code (only its event was lost, and a full disk must not hide the answer).
+fn settle(r: Result<(Redeemed, Result<(), StoreError>), StoreError>) -> Redeemed {
+    match r {
+        Ok((r, Ok(()))) => r,
+        Ok((
+            Redeemed::Accepted {
+                token_id, lock_id, ..
+            },
+            Err(e),
+        )) => {
+            if e.is_full() {
+                tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: the state database is full, the use cannot be recorded, so the lock stays shut");
+            } else {
+                tracing::error!(%token_id, %lock_id, error = %e,
+                        "REFUSING UNLOCK: committing the use failed, so the lock stays shut");
+            }
+            Redeemed::StorageFailed {
+                reason: e.to_string(),
+            }
+        }
+        Ok((refused, Err(e))) => {
+            tracing::error!(error = %e, code = refused.code().as_str(), "cannot record the refusal event");
+            refused
+        }
+        Err(e) => Redeemed::StorageFailed {
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl Store {
     /// Appends an event to the outbox with group commit; answers once it is durable.
     pub async fn append_event(&self, event: Event) -> Result<Uuid, StoreError> {
         let (r, commit) = self.call_grouped(move |db| db.append_event(event)).await?;
@@ -466,6 +619,14 @@ pub struct Db {
     pending: u64,
     dead: u64,
     stop: bool,
+    /// Shared with the [`Store`] handles: acknowledged rows to delete.
+    delivered: Arc<std::sync::Mutex<Delivered>>,
+    /// Shared with the [`Store`] handles: committed rows for the link.
+    fresh: Arc<std::sync::Mutex<Fresh>>,
+    /// Rows written inside the open group transaction, for [`Fresh`] once it commits.
+    staged: Vec<OutRow>,
+    /// `synchronous` was lowered for a lazy deletion and not yet put back to FULL.
+    sync_lowered: bool,
     /// Group transactions committed, and the requests they carried (for benchmarks/metrics).
     groups: u64,
     grouped: u64,
@@ -563,7 +724,45 @@ impl Db {
                 Err(_) => break,
             }
         }
-        let commit = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        // Acknowledged rows ride along: their deletion needs no commit of its own. In a
+        // savepoint, so a failure undoes only them and leaves them for the next commit.
+        if !self.conn.is_autocommit() {
+            let seqs = self.take_delivered();
+            if !seqs.is_empty() {
+                let pending = self.pending;
+                let r = self
+                    .conn
+                    .execute_batch("SAVEPOINT delivered")
+                    .map_err(StoreError::from)
+                    .and_then(|()| self.delete_rows(&seqs))
+                    .and_then(|()| Ok(self.conn.execute_batch("RELEASE delivered")?));
+                if let Err(e) = r {
+                    self.pending = pending;
+                    let _ = self
+                        .conn
+                        .execute_batch("ROLLBACK TO delivered; RELEASE delivered");
+                    tracing::warn!(error = %e, "cannot delete acknowledged outbox rows; retrying later");
+                    self.give_back_delivered(seqs);
+                }
+            }
+        }
+        // A lazy deletion lowers `synchronous` for its own commit; if putting it back failed
+        // then, this commit must not go out without its fsync.
+        let durable = if self.sync_lowered {
+            match self.conn.pragma_update(None, "synchronous", "FULL") {
+                Ok(()) => {
+                    self.sync_lowered = false;
+                    Ok(())
+                }
+                Err(e) => Err(StoreError::from(e)),
+            }
+        } else {
+            Ok(())
+        };
+        let commit = match durable {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
         if commit.is_err() {
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -577,6 +776,10 @@ impl Db {
                 Err(e) => tracing::warn!(error = %e, "cannot recount the outbox"),
             }
         }
+        let staged = std::mem::take(&mut self.staged);
+        if commit.is_ok() {
+            self.publish_fresh(staged);
+        }
         self.groups += 1;
         self.grouped += done.len() as u64;
         tracing::trace!(size = done.len(), "group committed");
@@ -586,7 +789,12 @@ impl Db {
         leftover
     }
 
-    fn open(cfg: StoreConfig, clock: Arc<TrustedClock>) -> Result<Db, StoreError> {
+    fn open(
+        cfg: StoreConfig,
+        clock: Arc<TrustedClock>,
+        delivered: Arc<std::sync::Mutex<Delivered>>,
+        fresh: Arc<std::sync::Mutex<Fresh>>,
+    ) -> Result<Db, StoreError> {
         if let Some(dir) = cfg.path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -624,6 +832,10 @@ impl Db {
             pending: 0,
             dead: 0,
             stop: false,
+            delivered,
+            fresh,
+            staged: Vec::new(),
+            sync_lowered: false,
             groups: 0,
             grouped: 0,
         };
@@ -964,6 +1176,7 @@ impl Db {
         (id, env.sign(Kid::Gateway(self.gw), &self.key))
     }
 
+    /// Inserts one outbox row; returns its seq.
     fn insert_outbox(
         conn: &Connection,
         id: Uuid,
@@ -971,7 +1184,7 @@ impl Db {
         lock_id: Option<Uuid>,
         created_ms: u64,
         jws: &str,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<i64, rusqlite::Error> {
         conn.prepare_cached(
             "INSERT INTO outbox (id, topic, lock_id, created_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
@@ -982,7 +1195,33 @@ impl Db {
             created_ms as i64,
             jws
         ])?;
-        Ok(())
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Rows whose insert (and savepoint) succeeded: for [`Fresh`] now when they are already
+    /// committed (no transaction open), else when the group commits.
+    fn stage(&mut self, rows: Vec<OutRow>) {
+        if self.conn.is_autocommit() {
+            self.publish_fresh(rows);
+        } else {
+            self.staged.extend(rows);
+        }
+    }
+
+    fn publish_fresh(&self, rows: Vec<OutRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut f = self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.rows.len() + rows.len() > FRESH_MAX {
+            f.rows.clear();
+            f.overflowed = true;
+            return;
+        }
+        f.rows.extend(rows);
     }
 
     /// Signs `message` and appends it to the outbox: in its own durable transaction when
@@ -995,9 +1234,41 @@ impl Db {
     ) -> Result<Uuid, StoreError> {
         let now = self.clock.now_ms();
         let (id, jws) = self.sign(message);
-        Self::insert_outbox(&self.conn, id, topic, lock_id, now, &jws)?;
+        let seq = Self::insert_outbox(&self.conn, id, topic, lock_id, now, &jws)?;
         self.pending += 1;
+        self.stage(vec![OutRow { seq, topic, jws }]);
         Ok(id)
+    }
+
+    /// Signs `messages` and appends them to the outbox as one unit: a savepoint, so inside a
+    /// group a failure undoes all of them and nothing else; alone, a transaction of its own.
+    pub fn append_all(
+        &mut self,
+        messages: Vec<(TopicKind, Option<Uuid>, Message)>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let now = self.clock.now_ms();
+        let signed: Vec<_> = messages
+            .into_iter()
+            .map(|(topic, lock, m)| {
+                let (id, jws) = self.sign(m);
+                (topic, lock, id, jws)
+            })
+            .collect();
+        let sp = self.conn.savepoint()?;
+        let mut seqs = Vec::with_capacity(signed.len());
+        for (topic, lock, id, jws) in &signed {
+            seqs.push(Self::insert_outbox(&sp, *id, *topic, *lock, now, jws)?);
+        }
+        sp.commit()?;
+        self.pending += signed.len() as u64;
+        let mut ids = Vec::with_capacity(signed.len());
+        let mut rows = Vec::with_capacity(signed.len());
+        for ((topic, _, id, jws), seq) in signed.into_iter().zip(seqs) {
+            ids.push(id);
+            rows.push(OutRow { seq, topic, jws });
+        }
+        self.stage(rows);
+        Ok(ids)
     }
 
     /// Appends an event.
@@ -1171,7 +1442,7 @@ impl Db {
             via_s,
             event_id.hyphenated().to_string()
         ])?;
-        Self::insert_outbox(
+        let seq = Self::insert_outbox(
             &tx,
             event_id,
             TopicKind::Event,
@@ -1181,6 +1452,11 @@ impl Db {
         )?;
         tx.commit()?;
         self.pending += 1;
+        self.stage(vec![OutRow {
+            seq,
+            topic: TopicKind::Event,
+            jws,
+        }]);
         Ok(())
     }
 
@@ -1243,8 +1519,97 @@ impl Db {
         Ok(())
     }
 
-    /// Backlog size and age.
-    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+    fn take_delivered(&self) -> Vec<i64> {
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.since = None;
+        std::mem::take(&mut d.seqs)
+    }
+
+    fn give_back_delivered(&self, mut seqs: Vec<i64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seqs.append(&mut d.seqs);
+        d.seqs = seqs;
+        d.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Deletes outbox rows by seq with the current transaction (or each as its own when
+    /// there is none); rows already gone are skipped. Keeps the backlog count.
+    fn delete_rows(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut removed = 0u64;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for s in seqs {
+                removed += stmt.execute(params![s])? as u64;
+            }
+        }
+        self.pending = self.pending.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Deletes the acknowledged rows handed over by [`Store::delivered`] that no group
+    /// commit took along, in one transaction committed without an fsync: see `Delivered`
+    /// for why losing it is harmless. `synchronous` is back to FULL before anything else
+    /// commits.
+    pub fn flush_delivered(&mut self) -> Result<(), StoreError> {
+        let seqs = self.take_delivered();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let r = self.delete_lazily(&seqs);
+        if r.is_err() {
+            self.give_back_delivered(seqs);
+        }
+        r
+    }
+
+    fn delete_lazily(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.sync_lowered = true;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = (|| {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let pending = self.pending;
+            match self.delete_rows(seqs) {
+                Ok(()) => {
+                    if let Err(e) = self.conn.execute_batch("COMMIT") {
+                        self.pending = pending;
+                        if !self.conn.is_autocommit() {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                        }
+                        return Err(e.into());
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.pending = pending;
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        // Every other commit must stay durable: if this fails, `sync_lowered` stays set and
+        // the next group commit tries again before it commits, or fails (see run_group).
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.sync_lowered = false;
+        r
+    }
+
+    /// Backlog size and age (acknowledged rows still waiting for deletion are deleted
+    /// first, so the figure is what the broker has not acknowledged).
+    pub fn outbox_stats(&mut self) -> Result<OutboxStats, StoreError> {
+        if let Err(e) = self.flush_delivered() {
+            tracing::warn!(error = %e, "cannot delete acknowledged outbox rows");
+        }
         let oldest = self
             .conn
             .prepare_cached("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1")?

@@ -8,11 +8,16 @@
 //! two leaves a recorded use without an outcome: the token is spent and the lock may not
 //! have opened, which is the safe side (the cloud sees `accepted` without an outcome and
 //! can refund); the opposite order could open a lock twice on one use.
+//!
+//! A cloud `unlock` command takes the same path in two halves: the command is opened and the
+//! token redeemed in one commit ([`Store::open_command`]), then [`Unlocker::finish`] drives
+//! the lock and writes the outcome event together with the command's ack (one commit).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use dmr_protocol::message::{Event, Presenter, ResultCode, UnlockEvent};
+use dmr_protocol::message::{Ack, Event, Message, Presenter, ResultCode, UnlockEvent};
+use dmr_protocol::topic::TopicKind;
 use uuid::Uuid;
 
 use super::clock::TrustedClock;
@@ -73,6 +78,34 @@ impl Unlocker {
         // Group commit: the answer comes after the use is on disk, sharing the fsync with
         // whatever else arrived at the same moment.
         let redeemed = self.store.redeem(presented, via).await;
+        self.finish(redeemed, via, started, None).await.0
+    }
+
+    /// The second half of a presentation whose decision is already committed: drives the
+    /// lock if it was accepted and records the outcome event. With `ack_for` (a cloud
+    /// command's id and when it arrived) the command's ack is written in the same commit as
+    /// the outcome (for a refusal, alone). Returns the reply and whether the ack was queued.
+    pub async fn finish(
+        &self,
+        redeemed: Redeemed,
+        via: Presenter,
+        started: Instant,
+        ack_for: Option<(Uuid, Instant)>,
+    ) -> (UnlockReply, bool) {
+        let ack = |result: ResultCode| {
+            ack_for.map(|(cmd, arrived)| {
+                (
+                    TopicKind::Ack,
+                    None,
+                    Message::Ack(Ack {
+                        cmd,
+                        result,
+                        latency_ms: arrived.elapsed().as_millis() as u64,
+                    }),
+                )
+            })
+        };
+        let mut acked = false;
         let reply = match redeemed {
             Redeemed::Refused {
                 code,
@@ -131,10 +164,15 @@ impl Unlocker {
                     via: Some(via),
                     at: self.clock.now_ms(),
                 });
-                if let Err(e) = self.store.append_event(event).await {
+                let mut out = vec![(TopicKind::Event, Some(lock_id), Message::Event(event))];
+                out.extend(ack(result));
+                match self.store.append_all(out).await {
+                    Ok(_) => acked = ack_for.is_some(),
                     // The use and the accepted event are already durable; only the outcome
-                    // report is missing.
-                    tracing::error!(%token_id, %lock_id, error = %e, "cannot record the unlock outcome event");
+                    // report (and the ack) is missing.
+                    Err(e) => {
+                        tracing::error!(%token_id, %lock_id, error = %e, "cannot record the unlock outcome event")
+                    }
                 }
                 tracing::info!(via = ?via, %token_id, %lock_id, result = result.as_str(), %detail, "token accepted and lock driven");
                 UnlockReply {
@@ -145,8 +183,14 @@ impl Unlocker {
                 }
             }
         };
+        if !acked && let Some(a) = ack(reply.result) {
+            match self.store.append_all(vec![a]).await {
+                Ok(_) => acked = true,
+                Err(e) => tracing::error!(error = %e, "cannot queue the ack"),
+            }
+        }
         self.health
             .record_unlock(reply.result, started.elapsed().as_micros() as u64);
-        reply
+        (reply, acked)
     }
 }
