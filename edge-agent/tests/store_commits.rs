@@ -77,14 +77,24 @@ async fn outbox_seqs(running: &agent::Running) -> Vec<i64> {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unlock_command_takes_two_commits_and_its_id_is_kept_with_the_use() {
+/// An agent on one simulated lock, after the monitor's first polls (lock online) were
+/// written, so that counting starts from a quiet store. The directory holds its state.
+async fn one_lock_agent() -> (
+    dmr_firmware_sim::SimHandle,
+    tempfile::TempDir,
+    agent::Running,
+) {
     let sim = sim(1).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
     let (running, _) = start_agent(&toml).await;
-    // The monitor's first polls (lock online) are written before counting starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (sim, dir, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_command_takes_two_commits_and_its_id_is_kept_with_the_use() {
+    let (sim, _dir, running) = one_lock_agent().await;
     let before_rows = outbox_seqs(&running).await.len();
     let commits = count_commits(&running).await;
     let d = deps(&running);
@@ -178,11 +188,7 @@ async fn an_unlock_command_takes_two_commits_and_its_id_is_kept_with_the_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lan_unlock_is_still_two_commits_use_first() {
-    let sim = sim(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
-    let (running, _) = start_agent(&toml).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sim, _dir, running) = one_lock_agent().await;
     let commits = count_commits(&running).await;
     let t = token(lock_id(1), 1);
     let r = running.unlocker.present(&t.to_text(), Presenter::Lan).await;
@@ -194,11 +200,7 @@ async fn a_lan_unlock_is_still_two_commits_use_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_rows_go_with_the_next_commit_or_lazily_and_full_sync_stays() {
-    let sim = sim(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
-    let (running, _) = start_agent(&toml).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sim, _dir, running) = one_lock_agent().await;
     let store = running.store.clone();
     let base = outbox_seqs(&running).await;
     store.delivered(&base);
@@ -245,11 +247,7 @@ async fn delivered_rows_go_with_the_next_commit_or_lazily_and_full_sync_stays() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_rows_for_the_link_are_committed_rows_only_in_order() {
-    let sim = sim(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), sim.tcp_addr().unwrap(), 1, None, "");
-    let (running, _) = start_agent(&toml).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sim, _dir, running) = one_lock_agent().await;
     let store = running.store.clone();
     let _ = store.take_fresh(0, usize::MAX);
     let a = store.append_event(door(0)).await.unwrap();
