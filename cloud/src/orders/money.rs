@@ -185,8 +185,10 @@ pub async fn book_deferred(
 
 /// One booked payment or refund's share of the daily roll-ups the dashboard reads
 /// (migration 0007). It must be applied on the same connection, inside the transaction that
-/// booked the entry, so the roll-ups commit or roll back with it; `#[must_use]` makes a
-/// forgotten one a compile warning (an error under clippy -D warnings).
+/// booked the entry, so the roll-ups commit or roll back with it. The compiler cannot enforce
+/// that here (`#[must_use]` does not reach through the `Option` that [`book_deferred`]
+/// returns): a caller with no reason to defer it calls [`book`], and the roll-up tests
+/// compare every roll-up with the ledger on both databases.
 #[must_use = "a booked entry's roll-up must be applied before the transaction commits"]
 #[derive(Debug)]
 pub struct RollUp {
