@@ -783,15 +783,21 @@ async fn run_rate(
     }
 }
 
-/// Where a flow's time went, from the database's own timestamps (ms): created → paid (the
-/// generator's pay call and the notification), paid → unlocking (token signed, transition
-/// committed), unlocking → unlocked (cmd published, broker, agent, bus, ack, ingest), and the
-/// agent's own figure for the unlock it acked.
+/// Where a flow's time went, from the database's own timestamps (ms; every process runs on
+/// this machine, so the clocks agree): created → paid (the generator's pay call and the
+/// notification), paid → unlocking (token signed, transition committed), unlocking →
+/// unlocked (cmd published, broker, agent, bus, ack, ingest), and that last stage split at
+/// the agent: the cmd's way to the agent (unlocking → the agent starts on it, which is its
+/// ack's `ts` minus its `latency_ms`), the agent's own figure, the ack's way back (its `ts` →
+/// the cloud's `received_at`) and the apply (`received_at` → `unlocked_at`).
 async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     let mut a = Vec::new();
     let mut b = Vec::new();
     let mut c = Vec::new();
+    let mut to_agent = Vec::new();
     let mut agent = Vec::new();
+    let mut back = Vec::new();
+    let mut apply = Vec::new();
     for chunk in ids.chunks(200) {
         for id in chunk {
             let row: (i64, Option<i64>, Option<i64>, Option<i64>, Option<String>) = sqlx::query_as(
@@ -807,15 +813,22 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
                 c.push((d - u) as f64);
             }
             if let Some(cmd) = row.4 {
-                let l: Option<i64> = sqlx::query_scalar(
-                    "SELECT latency_ms FROM gateway_command_acks WHERE command_id = $1 LIMIT 1",
+                let ack: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT latency_ms, ts, received_at FROM gateway_command_acks WHERE command_id = $1 LIMIT 1",
                 )
                 .bind(cmd)
                 .fetch_optional(&db.pool)
                 .await
                 .unwrap();
-                if let Some(l) = l {
+                if let Some((l, ts, received)) = ack {
                     agent.push(l as f64);
+                    back.push((received - ts) as f64);
+                    if let Some(u) = row.2 {
+                        to_agent.push((ts - l - u) as f64);
+                    }
+                    if let Some(d) = row.3 {
+                        apply.push((d - received) as f64);
+                    }
                 }
             }
         }
@@ -831,7 +844,10 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     s += &f("created -> paid (DB clock)", a);
     s += &f("paid -> unlocking (sign, commit)", b);
     s += &f("unlocking -> unlocked (cmd, agent, bus, ingest)", c);
-    s += &f("agent's own ack latency (verify, bus, ack)", agent);
+    s += &f("  cmd to the agent (publish, broker, queue)", to_agent);
+    s += &f("  agent's own ack latency (verify, bus, ack)", agent);
+    s += &f("  ack to the cloud (outbox, broker, bridge)", back);
+    s += &f("  ack received -> unlocked (apply)", apply);
     s
 }
 
