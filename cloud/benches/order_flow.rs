@@ -788,8 +788,10 @@ async fn run_rate(
 /// notification), paid → unlocking (token signed, transition committed), unlocking →
 /// unlocked (cmd published, broker, agent, bus, ack, ingest), and that last stage split at
 /// the agent: the cmd's way to the agent (unlocking → the agent starts on it, which is its
-/// ack's `ts` minus its `latency_ms`), the agent's own figure, the ack's way back (its `ts` →
-/// the cloud's `received_at`) and the apply (`received_at` → `unlocked_at`).
+/// ack's `ts` minus its `latency_ms`), the agent's own figure, and the result's way back (the
+/// ack's `ts` → unlocked). The way back is measured to `unlocked_at`, not to the ack's
+/// `received_at`: the agent's signed `unlock` event, written in the same commit as the ack,
+/// moves the order too, and whichever of the two the cloud applies first does it.
 async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     let mut a = Vec::new();
     let mut b = Vec::new();
@@ -797,7 +799,6 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     let mut to_agent = Vec::new();
     let mut agent = Vec::new();
     let mut back = Vec::new();
-    let mut apply = Vec::new();
     for chunk in ids.chunks(200) {
         for id in chunk {
             let row: (i64, Option<i64>, Option<i64>, Option<i64>, Option<String>) = sqlx::query_as(
@@ -813,21 +814,18 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
                 c.push((d - u) as f64);
             }
             if let Some(cmd) = row.4 {
-                let ack: Option<(i64, i64, i64)> = sqlx::query_as(
-                    "SELECT latency_ms, ts, received_at FROM gateway_command_acks WHERE command_id = $1 LIMIT 1",
+                let ack: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT latency_ms, ts FROM gateway_command_acks WHERE command_id = $1 LIMIT 1",
                 )
                 .bind(cmd)
                 .fetch_optional(&db.pool)
                 .await
                 .unwrap();
-                if let Some((l, ts, received)) = ack {
+                if let Some((l, ts)) = ack {
                     agent.push(l as f64);
-                    back.push((received - ts) as f64);
-                    if let Some(u) = row.2 {
+                    if let (Some(u), Some(d)) = (row.2, row.3) {
                         to_agent.push((ts - l - u) as f64);
-                    }
-                    if let Some(d) = row.3 {
-                        apply.push((d - received) as f64);
+                        back.push((d - ts) as f64);
                     }
                 }
             }
@@ -846,8 +844,7 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     s += &f("unlocking -> unlocked (cmd, agent, bus, ingest)", c);
     s += &f("  cmd to the agent (publish, broker, queue)", to_agent);
     s += &f("  agent's own ack latency (verify, bus, ack)", agent);
-    s += &f("  ack to the cloud (outbox, broker, bridge)", back);
-    s += &f("  ack received -> unlocked (apply)", apply);
+    s += &f("  result back (outbox, broker, bridge, apply)", back);
     s
 }
 
