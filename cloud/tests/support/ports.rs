@@ -34,3 +34,31 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+#[test]
+fn ports_are_below_the_ephemeral_range_and_never_handed_out_twice() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..25).map(|_| free_port()).collect::<Vec<_>>()))
+        .collect();
+    let mut all: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a port was handed out twice");
+    // The premise: if this machine's ephemeral range reaches down here, the race is back.
+    if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+        let low: u64 = range.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            FIRST + COUNT <= low,
+            "ephemeral range starts at {low}, inside {FIRST}.."
+        );
+    }
+    assert!(
+        all.iter()
+            .all(|&p| (FIRST..FIRST + COUNT).contains(&u64::from(p))),
+        "{all:?}"
+    );
+}
