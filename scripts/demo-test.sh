@@ -9,13 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_DIR=$(mktemp -d /tmp/dmr-demo-test.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-export DMR_RUN_DIR=$RUN_DIR DMR_DEMO_PORT=$(free_port) DMR_DEMO_MQTT_PORT=$(free_port)
-export DMR_DEMO_AGENT_PORT=$(free_port)
-# The agent's status listener takes the port after the LAN API; make sure it is free too.
-while ! python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',$((DMR_DEMO_AGENT_PORT + 1))))" 2>/dev/null; do
-  DMR_DEMO_AGENT_PORT=$(free_port)
+# Ports below the ephemeral range, all from one call (scripts/free_ports.py says why). The
+# agent's status listener takes the port after the LAN API, so the fourth pick must be the
+# third plus one (usually so: that shows it is free too); otherwise pick again.
+for _ in $(seq 50); do
+  read -r DMR_DEMO_PORT DMR_DEMO_MQTT_PORT DMR_DEMO_AGENT_PORT next <<<"$(python3 scripts/free_ports.py 4)"
+  [ -n "$next" ] && [ "$next" = $((DMR_DEMO_AGENT_PORT + 1)) ] && break
 done
+[ -n "$next" ] && [ "$next" = $((DMR_DEMO_AGENT_PORT + 1)) ] || { echo "demo test: no free ports" >&2; exit 1; }
+export DMR_RUN_DIR=$RUN_DIR DMR_DEMO_PORT DMR_DEMO_MQTT_PORT DMR_DEMO_AGENT_PORT
 
 # Job control gives the demo its own process group, as a terminal would, and keeps SIGINT
 # deliverable (a non-interactive shell's background jobs would ignore it).

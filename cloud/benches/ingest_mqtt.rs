@@ -17,6 +17,9 @@
 //! and `DMR_MQTT_BATCH_WAIT_MS` set the bridge as in the cloud's configuration. Publishers,
 //! broker and cloud share the machine's cores, so the end-to-end figure is a lower bound for a dedicated cloud host.
 
+#[path = "../tests/support/ports.rs"]
+mod ports;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -32,6 +35,8 @@ use dmr_protocol::message::{
 use dmr_protocol::topic::{TopicKind, topic};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use uuid::Uuid;
+
+use ports::free_port;
 
 const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const PUBLISHERS: usize = 4;
@@ -53,14 +58,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Broker {

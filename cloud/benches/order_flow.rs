@@ -37,6 +37,9 @@
 //! DMR_FLOW_MQTT_BATCH_WAIT_MS (the cloud's `mqtt.workers` / `mqtt.batch_wait_ms`; unset: the
 //! defaults, 4 and 5).
 
+#[path = "../tests/support/ports.rs"]
+mod ports;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +52,8 @@ use dmr_cloud::db::now_ms;
 use dmr_protocol::keys::{generate, public_b64u};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use ports::free_port;
 
 const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 
@@ -65,25 +70,6 @@ fn rates() -> Vec<f64> {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect()
-}
-
-/// A port below Linux's ephemeral range (32768–60999 by default) that binds now, never the
-/// same one twice in this process. A port from `bind(:0)` comes from that range, and the 12
-/// agents and the database pool open dozens of outgoing connections at start-up whose source
-/// ports come from it too: one of them once took an agent's status port between the pick and
-/// the agent's own bind, and that agent exited ("Address already in use"), which the bench
-/// reported as "only 528 of 576 locks online".
-fn free_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let offset = u64::from(std::process::id()) * 7_919;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 12_000, "no free port below 32000");
-        let port = u16::try_from(20_000 + (offset + n) % 12_000).unwrap();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 fn wall_ms() -> f64 {

@@ -16,6 +16,9 @@
 //! `DMR_E2E_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else `<workspace>/target/debug`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/ports.rs"]
+mod ports;
+
 #[path = "api/common.rs"]
 #[allow(dead_code)]
 mod common;
@@ -30,6 +33,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use ports::free_port;
 
 use common::{DbKind, TestApp, eventually, seed_world};
 
@@ -48,14 +53,6 @@ fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16, what: &str) {

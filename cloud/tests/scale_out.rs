@@ -21,6 +21,9 @@
 //! DMR_REQUIRE_PG=1 cargo test -p dmr-cloud --test scale_out -- --nocapture'`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +37,8 @@ use dmr_protocol::topic::{TopicKind, topic};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use sqlx::AnyPool;
 use uuid::Uuid;
+
+use ports::free_port;
 
 const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const GATEWAYS: usize = 100;
@@ -64,14 +69,6 @@ fn pg_url() -> Option<String> {
             None
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16, what: &str) {

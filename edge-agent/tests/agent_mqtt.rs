@@ -317,8 +317,12 @@ struct ScriptBroker {
 impl ScriptBroker {
     fn start() -> Self {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // This process's own picks: the script's would come from another pid's sequence and
+        // could meet a port a parallel test here picked but has not bound yet.
+        let ports = format!("{} {} {}", free_port(), free_port(), free_port());
         let out = std::process::Command::new("bash")
             .arg(root.join("scripts/mosquitto_start.sh"))
+            .env("MQTT_PORTS", ports)
             .output()
             .unwrap();
         assert!(

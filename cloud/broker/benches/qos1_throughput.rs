@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/support/ports.rs"]
+mod ports;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +19,8 @@ use dmr_broker::{
     AllowAll, AuthDecision, Authenticator, BoxFuture, Broker, BrokerConfig, ConnectInfo,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use ports::free_port;
 
 const PUBLISHERS: usize = 4;
 const PER_PUBLISHER: usize = 25_000;
@@ -29,14 +34,6 @@ impl Authenticator for Open {
     fn authenticate<'a>(&'a self, _info: &'a ConnectInfo) -> BoxFuture<'a, AuthDecision> {
         Box::pin(async { AuthDecision::Allow(Arc::new(AllowAll)) })
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn opts(addr: SocketAddr, id: &str) -> MqttOptions {

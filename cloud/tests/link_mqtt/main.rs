@@ -10,6 +10,8 @@
 #[allow(dead_code)]
 mod common;
 mod mqtt;
+#[path = "../support/ports.rs"]
+mod ports;
 
 mod scenarios;
 

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,10 @@ use dmr_protocol::message::{Command as Cmd, Envelope, Expect, Message};
 use dmr_protocol::token::{TokenClaims, TokenKind, UnlockToken};
 use dmr_protocol::topic::{TopicKind, topic};
 use uuid::Uuid;
+
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub const GW: Uuid = Uuid::from_u128(0x0193_a5e0_0000_7000_8000_0000_0000_00cc);
 pub const CLOUD_KEY_ID: u32 = 1;
@@ -100,14 +104,6 @@ pub fn open_gw(compact: &str) -> Envelope {
     dmr_protocol::message::open(compact, |_| Some(&vk), Expect { gw: GW, now_ms: 0 })
         .expect("gateway message verifies")
         .1
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
