@@ -6,7 +6,7 @@ Why not bind(("127.0.0.1", 0)) and close: that port is in the kernel's ephemeral
 on the machine may take it as its source port; the server then fails with "Address already in
 use". These come from 20000-31999, below that range, starting at an offset derived from the
 pid so concurrent callers begin apart (the same scheme as the Rust tests' free_port(), in
-cloud/tests/support/ports.rs and edge-agent/tests/common/ports.rs). Ask for every port a
+cloud/tests/support/ports.rs). Ask for every port a
 script needs in one call: two calls may return the same free port.
 """
 import os

@@ -1,6 +1,7 @@
 //! Loopback ports for what a test or bench starts itself (Mosquitto, `dmr-agent`,
-//! `dmr-lock-sim`, `dmr-cloud serve`). One copy for dmr-cloud's tests and benches (and
-//! dmr-broker's bench), each including it with `#[path]`.
+//! `dmr-lock-sim`, `dmr-cloud serve`). One copy for the workspace: dmr-cloud's tests and
+//! benches, dmr-broker's bench and the agent's test harness (edge-agent/tests/common/
+//! agent_harness.rs) each include it with `#[path]`.
 //!
 //! Picking a port by binding `127.0.0.1:0`, closing it and handing the number to a child
 //! races: the port is in the kernel's ephemeral range (32768–60999), and until the child binds

@@ -19,7 +19,8 @@ use dmr_protocol::token::{TokenClaims, TokenKind, UnlockToken};
 use dmr_protocol::topic::{TopicKind, topic};
 use uuid::Uuid;
 
-#[path = "ports.rs"]
+// One copy for the workspace's tests (dmr-cloud owns it).
+#[path = "../../../cloud/tests/support/ports.rs"]
 mod ports;
 pub use ports::free_port;
 
