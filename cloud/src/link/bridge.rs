@@ -257,6 +257,9 @@ impl MqttLink {
         let (client, mut event_loop) = AsyncClient::new(opts, cap);
         let mut net = event_loop.network_options();
         net.set_connection_timeout(cfg.keep_alive_secs.clamp(5, 30));
+        // No Nagle: a `cmd unlock` is a small publish that should leave at once, not wait
+        // for the broker's (delayed, up to 40 ms) TCP ACK of the previous packet.
+        net.set_tcp_nodelay(true);
         event_loop.set_network_options(net);
         Ok(Arc::new(MqttLink {
             client,

@@ -159,6 +159,11 @@ fn build(deps: &LinkDeps) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let (client, mut el) = AsyncClient::new(opts, usize::from(cfg.inflight) + 64);
     let mut net = el.network_options();
     net.set_connection_timeout(cfg.keep_alive.as_secs().clamp(5, 30));
+    // No Nagle: an unlock's result is two small publishes (the event, the ack) written one
+    // after the other, and with Nagle the second waits for the broker's TCP ACK of the
+    // first, which a quiet connection delays up to 40 ms (delayed ACK). rumqttc already
+    // writes whatever is queued in one go, so Nagle has nothing left to coalesce.
+    net.set_tcp_nodelay(true);
     el.set_network_options(net);
     Ok((client, el))
 }
