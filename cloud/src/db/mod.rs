@@ -37,10 +37,21 @@ impl Backend {
     }
 }
 
-/// A pool plus the knowledge of which engine sits behind it.
+/// The pools plus the knowledge of which engine sits behind them.
+///
+/// `pool` takes every write and whatever must see its own writes; `read` is for reads that
+/// may run beside the writes (console lists, exports, dashboards, status polls). On
+/// PostgreSQL both are the same pool. On SQLite, which has one write lock for the whole
+/// file, `pool` is a single connection: writers queue for it in the pool, in order,
+/// instead of in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between looks at the
+/// lock and leaves it idle meanwhile. Measured with the order flow bench (issue 6,
+/// docs/benchmarks.md): 8 connections sustained 200 flows/s with p99 ~1 s, one connection
+/// 250/s with p99 165 ms. `read` then holds `max_connections` read-only connections (WAL
+/// lets them read while the writer commits), so a long export does not hold up the writes.
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: AnyPool,
+    pub read: AnyPool,
     pub backend: Backend,
 }
 
@@ -61,69 +72,47 @@ pub fn new_id() -> String {
 }
 
 impl Db {
-    /// Opens the pool. SQLite files are created when missing.
+    /// Opens the pools (see [`Db`]). SQLite files are created when missing.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
         install_default_drivers();
         let backend = Backend::of_url(url)?;
+        let memory = url.contains(":memory:");
         let url = match backend {
-            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+            Backend::Sqlite if !url.contains("mode=") && !memory => {
                 let sep = if url.contains('?') { '&' } else { '?' };
                 format!("{url}{sep}mode=rwc")
             }
             _ => url.to_string(),
         };
-        // No liveness ping on every acquire: it doubled the round trips of every query (to
-        // SQLite's per-connection worker thread, or to the PostgreSQL server process) and
-        // the console-read profile showed those hand-offs as a large share of CPU (issue 5).
-        // A SQLite connection is a file handle that nothing outside can break. A PostgreSQL
-        // connection can die with its server, so one that sat idle for more than a second
-        // is pinged before use (a busy pool, the case that matters for load, never is); a
-        // connection that breaks while busy fails its query with an I/O error, which the
-        // API answers as 503 `database_unavailable` (error.rs), and sqlx replaces it.
-        let mut opts = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .test_before_acquire(false);
-        if backend == Backend::Postgres {
-            opts = opts.before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > Duration::from_secs(1) {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
+        match backend {
+            Backend::Postgres => {
+                let pool = open(&url, backend, max_connections, false).await?;
+                Ok(Db {
+                    read: pool.clone(),
+                    pool,
+                    backend,
                 })
-            });
-        }
-        if backend == Backend::Sqlite {
-            opts = opts.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers work while one writer commits; busy_timeout makes a
-                    // second writer wait instead of failing with SQLITE_BUSY.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    // Read pages through a shared memory map instead of a read() call and a
-                    // copy into each connection's private 2 MB cache: with a database of
-                    // gigabytes the copies showed up in the profile (issue 5). SQLite caps
-                    // the value at its compile-time limit (2 GB by default); pages past the
-                    // mapped size are read the ordinary way.
-                    conn.execute("PRAGMA mmap_size = 2147418112").await?;
-                    // Checkpoint the WAL every 10,000 pages (40 MB) instead of SQLite's 1,000.
-                    // A checkpoint copies each page once however often it changed, and the
-                    // order flow rewrites the same hot pages (index leaves, the day roll-ups)
-                    // many times a second: at 150 flows/s the default ran about 60
-                    // checkpoints a second, each with its fsyncs, inside some writer's commit.
-                    conn.execute("PRAGMA wal_autocheckpoint = 10000").await?;
-                    Ok(())
+            }
+            // Every connection to `:memory:` is a database of its own: one connection, both ways.
+            Backend::Sqlite if memory => {
+                let pool = open(&url, backend, 1, false).await?;
+                Ok(Db {
+                    read: pool.clone(),
+                    pool,
+                    backend,
                 })
-            });
+            }
+            Backend::Sqlite => {
+                // The writer first: it creates the file and switches it to WAL.
+                let pool = open(&url, backend, 1, false).await?;
+                let read = open(&url, backend, max_connections, true).await?;
+                Ok(Db {
+                    pool,
+                    read,
+                    backend,
+                })
+            }
         }
-        let pool = opts
-            .connect(&url)
-            .await
-            .with_context(|| format!("cannot open the {backend:?} database"))?;
-        Ok(Db { pool, backend })
     }
 
     /// Applies every embedded migration that has not run yet.
@@ -194,6 +183,70 @@ impl Db {
             .context("reading a generated secret")?;
         Ok(v)
     }
+}
+
+/// One pool. `read_only` (SQLite) makes its connections refuse writes (`query_only`), so a
+/// write sent to the read pool by mistake fails loudly instead of contending for the lock.
+async fn open(
+    url: &str,
+    backend: Backend,
+    max_connections: u32,
+    read_only: bool,
+) -> anyhow::Result<AnyPool> {
+    // No liveness ping on every acquire: it doubled the round trips of every query (to
+    // SQLite's per-connection worker thread, or to the PostgreSQL server process) and
+    // the console-read profile showed those hand-offs as a large share of CPU (issue 5).
+    // A SQLite connection is a file handle that nothing outside can break. A PostgreSQL
+    // connection can die with its server, so one that sat idle for more than a second
+    // is pinged before use (a busy pool, the case that matters for load, never is); a
+    // connection that breaks while busy fails its query with an I/O error, which the
+    // API answers as 503 `database_unavailable` (error.rs), and sqlx replaces it.
+    let mut opts = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false);
+    if backend == Backend::Postgres {
+        opts = opts.before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        });
+    }
+    if backend == Backend::Sqlite {
+        opts = opts.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers work while one writer commits; busy_timeout makes a
+                // writer wait instead of failing with SQLITE_BUSY (another process, such
+                // as `dmr-cloud backup`, may hold the lock).
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                // Read pages through a shared memory map instead of a read() call and a
+                // copy into each connection's private 2 MB cache: with a database of
+                // gigabytes the copies showed up in the profile (issue 5). SQLite caps
+                // the value at its compile-time limit (2 GB by default); pages past the
+                // mapped size are read the ordinary way.
+                conn.execute("PRAGMA mmap_size = 2147418112").await?;
+                // Checkpoint the WAL every 10,000 pages (40 MB) instead of SQLite's 1,000.
+                // A checkpoint copies each page once however often it changed, and the
+                // order flow rewrites the same hot pages (index leaves, the day roll-ups)
+                // many times a second: at 150 flows/s the default ran about 60
+                // checkpoints a second, each with its fsyncs, inside some writer's commit.
+                conn.execute("PRAGMA wal_autocheckpoint = 10000").await?;
+                if read_only {
+                    conn.execute("PRAGMA query_only = ON").await?;
+                }
+                Ok(())
+            })
+        });
+    }
+    opts.connect(url)
+        .await
+        .with_context(|| format!("cannot open the {backend:?} database"))
 }
 
 #[cfg(test)]

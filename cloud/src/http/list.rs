@@ -233,7 +233,7 @@ where
         .push(" LIMIT ")
         .bind_int(limit)
         .push(") capped");
-    let counted = count.query_scalar::<i64>().fetch_one(&db.pool).await?;
+    let counted = count.query_scalar::<i64>().fetch_one(&db.read).await?;
     let total_exact = counted <= bound;
     let total = counted.min(bound);
     let mut q = Sql::new(&format!("SELECT {columns} FROM {table}"));
@@ -242,7 +242,7 @@ where
         .bind_int(paging.per_page)
         .push(" OFFSET ")
         .bind_int(paging.offset());
-    let items = q.query_as::<T>().fetch_all(&db.pool).await?;
+    let items = q.query_as::<T>().fetch_all(&db.read).await?;
     Ok(Page {
         items,
         page: paging.page,

@@ -207,7 +207,7 @@ impl KeyRing {
             "SELECT key_id, public_key, private_key_enc, status, retire_after FROM cloud_keys \
              WHERE status IN ('active', 'retiring') ORDER BY key_id",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&self.db.read)
         .await
         .context("reading cloud_keys")?;
         let mut signer = None;
@@ -348,7 +348,7 @@ impl KeyRing {
             "SELECT key_id, public_key, status, created_at, activated_at, retire_after \
              FROM cloud_keys ORDER BY key_id DESC",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&self.db.read)
         .await
         .context("reading cloud_keys")
     }

@@ -147,7 +147,7 @@ pub async fn csv(
     let mut sql = Sql::new(&format!("SELECT {ORDER_COLUMNS} FROM orders"));
     sql.append(&w)
         .push(&format!(" ORDER BY {order} LIMIT 10000"));
-    let rows = sql.query_as::<OrderRow>().fetch_all(&state.db.pool).await?;
+    let rows = sql.query_as::<OrderRow>().fetch_all(&state.db.read).await?;
     let mut out = String::from(
         "id,merchant_id,venue_id,lock_id,plan_name,duration_minutes,amount_fen,refunded_fen,status,created_at,paid_at,unlocked_at,completed_at\n",
     );
@@ -217,7 +217,7 @@ pub struct OrderDetail {
 }
 
 async fn scoped_order(state: &AppState, scope: &Scope, id: &str) -> ApiResult<OrderRow> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.read.acquire().await?;
     let o = load(&mut conn, id).await?.ok_or(ApiError::NotFound)?;
     if !scope.allows(&o.merchant_id) {
         return Err(ApiError::NotFound);
@@ -226,7 +226,7 @@ async fn scoped_order(state: &AppState, scope: &Scope, id: &str) -> ApiResult<Or
 }
 
 async fn detail(state: &AppState, o: OrderRow) -> ApiResult<OrderDetail> {
-    let pool = &state.db.pool;
+    let pool = &state.db.read;
     let transitions = sqlx::query_as::<_, TransitionRow>(
         "SELECT from_status, to_status, actor, reason, at FROM order_transitions \
          WHERE order_id = $1 ORDER BY at, id",
@@ -424,10 +424,10 @@ pub async fn settlement_csv(
     scoped(&mut q, &caller.scope());
     let s = q
         .query_as::<money::SettlementRow>()
-        .fetch_optional(&state.db.pool)
+        .fetch_optional(&state.db.read)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.read.acquire().await?;
     let body = money::settlement_csv(&mut conn, &s).await?;
     Ok(csv_response(
         &format!("settlement-{}-{}.csv", s.day, s.merchant_id),
@@ -498,7 +498,7 @@ pub async fn report_items(
     r.bind_text(id.clone());
     scoped(&mut r, &caller.scope());
     r.query_scalar::<String>()
-        .fetch_optional(&state.db.pool)
+        .fetch_optional(&state.db.read)
         .await?
         .ok_or(ApiError::NotFound)?;
     let mut w = Sql::new(" WHERE report_id = ");
@@ -598,7 +598,7 @@ pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult
     q.push(" GROUP BY day");
     let rows = q
         .query_as::<(String, i64, i64, i64)>()
-        .fetch_all(&state.db.pool)
+        .fetch_all(&state.db.read)
         .await?;
     let days: Vec<DaySales> = day_list
         .into_iter()
@@ -630,13 +630,13 @@ pub async fn summary(State(state): State<AppState>, caller: Caller) -> ApiResult
     );
     scoped(&mut q, &scope);
     let (locks_online, locks_offline) =
-        q.query_as::<(i64, i64)>().fetch_one(&state.db.pool).await?;
+        q.query_as::<(i64, i64)>().fetch_one(&state.db.read).await?;
 
     let mut q = Sql::new(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM alarms WHERE cleared_at IS NULL AND acked_at IS NULL",
     );
     scoped(&mut q, &scope);
-    let open_alarms = q.query_scalar::<i64>().fetch_one(&state.db.pool).await?;
+    let open_alarms = q.query_scalar::<i64>().fetch_one(&state.db.read).await?;
 
     let busiest_locks = match scope.merchant() {
         Some(m) => busiest_locks(&state, &first_day, Some(m)).await?,
@@ -717,5 +717,5 @@ async fn busiest_locks(
          JOIN locks l ON l.id = t.lock_id \
          ORDER BY t.orders DESC, t.revenue_fen DESC, t.lock_id",
     );
-    Ok(q.query_as::<BusyLock>().fetch_all(&state.db.pool).await?)
+    Ok(q.query_as::<BusyLock>().fetch_all(&state.db.read).await?)
 }

@@ -102,7 +102,7 @@ async fn lock_by_qr(state: &AppState, qr: &str) -> Result<Option<LockInfo>, ApiE
          WHERE l.qr_code = $1 AND l.deleted_at IS NULL",
     )
     .bind(qr.to_string())
-    .fetch_optional(&state.db.pool)
+    .fetch_optional(&state.db.read)
     .await?)
 }
 
@@ -126,7 +126,7 @@ pub async fn lock(
     let plans = crate::locks::store::plans_of(&state.db, std::slice::from_ref(&l.id)).await?;
     let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE active_lock_id = $1")
         .bind(l.id.clone())
-        .fetch_one(&state.db.pool)
+        .fetch_one(&state.db.read)
         .await?;
     Ok(Json(PublicLock {
         available: busy == 0 && l.status != "disabled" && !plans.is_empty(),
@@ -183,7 +183,7 @@ async fn names(state: &AppState, o: &OrderRow) -> Result<Names, ApiError> {
          FROM orders o JOIN locks l ON l.id = o.lock_id JOIN venues v ON v.id = o.venue_id WHERE o.id = $1",
     )
     .bind(o.id.clone())
-    .fetch_one(&state.db.pool)
+    .fetch_one(&state.db.read)
     .await?)
 }
 
@@ -553,7 +553,7 @@ pub struct KeyQuery {
 /// The order if `key` is its access key; 404 otherwise (no oracle).
 async fn authorized(state: &AppState, id: &str, key: Option<&str>) -> ApiResult<(OrderRow, Names)> {
     let key = key.ok_or(ApiError::NotFound)?;
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.read.acquire().await?;
     let o = super::load(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -604,7 +604,7 @@ pub async fn offline_token(
     }
     let token: Option<String> = sqlx::query_scalar("SELECT token_text FROM orders WHERE id = $1")
         .bind(o.id.clone())
-        .fetch_one(&state.db.pool)
+        .fetch_one(&state.db.read)
         .await?;
     let token = token.ok_or_else(|| ApiError::Conflict("the token is not signed yet".into()))?;
     Ok(Json(OfflineToken {
@@ -646,7 +646,7 @@ pub async fn events(
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let Ok(mut conn) = state.db.pool.acquire().await else {
+                let Ok(mut conn) = state.db.read.acquire().await else {
                     continue;
                 };
                 let Ok(Some(o)) = super::load(&mut conn, &id).await else {
@@ -692,7 +692,7 @@ pub async fn my_orders(
     );
     let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql))
         .bind(session)
-        .fetch_all(&state.db.pool)
+        .fetch_all(&state.db.read)
         .await?;
     let mut items = Vec::with_capacity(rows.len());
     for o in rows {

@@ -338,7 +338,7 @@ async fn page_payment(state: &AppState, id: &str) -> Result<PagePayment, ApiErro
          WHERE p.id = $1 AND p.provider = 'sandbox'",
     )
     .bind(id.to_string())
-    .fetch_optional(&state.db.pool)
+    .fetch_optional(&state.db.read)
     .await?
     .ok_or(ApiError::NotFound)
 }
