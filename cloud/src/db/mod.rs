@@ -274,4 +274,47 @@ mod tests {
             );
         }
     }
+
+    /// SQLite: writes go through one connection, reads through read-only ones that see
+    /// what the writer committed and refuse to write.
+    #[tokio::test]
+    async fn sqlite_has_one_writer_and_read_only_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 4).await.unwrap();
+        assert_eq!(db.pool.options().get_max_connections(), 1);
+        assert_eq!(db.read.options().get_max_connections(), 4);
+        sqlx::query("CREATE TABLE t (v BIGINT)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES (7)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let v: i64 = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&db.read)
+            .await
+            .unwrap();
+        assert_eq!(v, 7);
+        let refused = sqlx::query("INSERT INTO t (v) VALUES (8)")
+            .execute(&db.read)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        // While the writer holds a transaction, a second writer waits for the pool (not
+        // SQLite's lock), and readers still read the last commit.
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES (9)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&db.read)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(db.pool.try_acquire().is_none(), "the one writer is taken");
+        tx.commit().await.unwrap();
+    }
 }
