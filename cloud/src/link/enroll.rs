@@ -170,6 +170,12 @@ pub async fn enroll(
     let password = new_mqtt_password();
     let now = now_ms();
     let hash = code_hash(&req.code);
+    // Read before the transaction: a cold key ring reloads from the database, and inside the
+    // transaction that would be a second connection while this one is held. On SQLite the
+    // writer pool is one connection (and `:memory:` or a one-connection PostgreSQL pool
+    // serves reads from that same connection), so it would wait for itself until the
+    // acquire timeout. The list does not depend on anything this transaction writes.
+    let trusted_keys = state.keys.trusted().await?;
     let mut tx = state.db.pool.begin().await?;
     let won = sqlx::query(
         "UPDATE enrollment_codes SET used_at = $1 \
@@ -269,7 +275,6 @@ pub async fn enroll(
         &json!({ "gateway_id": gateway_id, "status": "enrolled", "online": false, "enrolled_at": now }),
     )
     .await?;
-    let trusted_keys = state.keys.trusted().await?;
     tx.commit().await?;
     if let Ok(u) = Uuid::parse_str(&gateway_id) {
         state.ingest.forget(u);

@@ -76,11 +76,22 @@ pub async fn fresh_database(kind: &DbKind) -> (String, Option<tempfile::TempDir>
     }
 }
 
+/// The pool size of every test app: 5, or DMR_TEST_MAX_CONNECTIONS. With 1, PostgreSQL (one
+/// pool for reads and writes) and SQLite's read pool have a single connection each, so a code
+/// path that holds a connection and asks its pool for another stalls until the 10 s acquire
+/// timeout: `DMR_TEST_MAX_CONNECTIONS=1` turns the suite into a search for such paths.
+fn max_connections() -> String {
+    std::env::var("DMR_TEST_MAX_CONNECTIONS").unwrap_or_else(|_| "5".to_string())
+}
+
 pub fn test_config(url: &str) -> Config {
     let env = vec![
         ("DMR_DATABASE_URL".to_string(), url.to_string()),
         ("DMR_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("DMR_DATABASE_MAX_CONNECTIONS".to_string(), "5".to_string()),
+        (
+            "DMR_DATABASE_MAX_CONNECTIONS".to_string(),
+            max_connections(),
+        ),
         ("DMR_MASTER_KEY".to_string(), TEST_MASTER_KEY.to_string()),
         // Tests that start the embedded broker get a free port.
         (

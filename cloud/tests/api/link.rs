@@ -7,6 +7,7 @@ use crate::on_every_backend;
 on_every_backend!(
     enrollment_happy_path_and_refusals,
     enrollment_reenrolls_a_named_gateway,
+    enrollment_on_one_connection_reads_keys_outside_its_transaction,
     gateway_auth_failures_are_401_and_counted,
     events_are_applied_once_and_checked,
     heartbeats_and_states_move_forward_only,
@@ -172,6 +173,41 @@ mod scenarios {
         )
         .await;
         assert_eq!(s, StatusCode::FORBIDDEN);
+        app.stop().await;
+    }
+
+    /// Enrollment with a cold key ring on a database of one connection: PostgreSQL with
+    /// `max_connections = 1` (one pool for reads and writes) and, on SQLite, `:memory:` (one
+    /// connection both ways). The key ring's reload inside the enrollment transaction used to
+    /// ask that pool for a second connection and wait for itself until the 10 s acquire
+    /// timeout (then 503); now the keys are read before the transaction.
+    pub async fn enrollment_on_one_connection_reads_keys_outside_its_transaction(kind: &DbKind) {
+        let one = |c: &mut dmr_cloud::config::Config| c.database.max_connections = 1;
+        let app = match kind {
+            DbKind::Sqlite => TestApp::spawn_on(kind, "sqlite::memory:", one).await,
+            DbKind::Postgres(_) => TestApp::spawn_with(kind, one).await,
+        };
+        let w = seed_world(&app).await;
+        for round in 0..2 {
+            let code = new_code(&app, &w.a.owner, &w.a.venue_id, None).await;
+            let key = dmr_protocol::keys::generate();
+            // Cold cache: the next read of the trusted keys goes to the database.
+            app.state.keys.invalidate();
+            let started = std::time::Instant::now();
+            let (s, b) = enroll_raw(
+                &app,
+                json!({ "code": code, "public_key": public_b64u(&key.verifying_key()),
+                        "pop": pop(&code, &key) }),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "round {round}: {b}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "round {round}: enrollment took {:?} (a nested acquire waits 10 s)",
+                started.elapsed()
+            );
+            assert_eq!(b["trusted_keys"].as_array().map(Vec::len), Some(1), "{b}");
+        }
         app.stop().await;
     }
 
