@@ -205,6 +205,10 @@ async fn open(
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .test_before_acquire(false);
+    if url.contains(":memory:") {
+        // The database lives and dies with its one connection: never retire it.
+        opts = opts.idle_timeout(None).max_lifetime(None);
+    }
     if backend == Backend::Postgres {
         opts = opts.before_acquire(|conn, meta| {
             Box::pin(async move {
