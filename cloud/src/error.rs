@@ -65,8 +65,19 @@ impl ApiError {
         }
     }
 
+    /// An unexpected failure. A database that is busy or unreachable is still a 503, even
+    /// when the error comes wrapped in context (the key ring's reload, for one): the client
+    /// should retry, not report a bug.
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
-        ApiError::Internal(e.into())
+        let e = e.into();
+        match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::PoolTimedOut) => ApiError::from(sqlx::Error::PoolTimedOut),
+            Some(sqlx::Error::Io(io)) => ApiError::from(sqlx::Error::Io(std::io::Error::new(
+                io.kind(),
+                io.to_string(),
+            ))),
+            _ => ApiError::Internal(e),
+        }
     }
 
     /// Status, stable code, client message and optional details.
@@ -281,6 +292,20 @@ mod tests {
         let r = ApiError::from(sqlx::Error::Io(io)).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let r = ApiError::from(sqlx::Error::PoolClosed).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_busy_database_under_context_is_still_a_503() {
+        let wrapped = anyhow::Error::from(sqlx::Error::PoolTimedOut).context("reading cloud_keys");
+        let r = ApiError::internal(wrapped).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let wrapped = anyhow::Error::from(sqlx::Error::Io(io)).context("reading cloud_keys");
+        let r = ApiError::internal(wrapped).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let other = anyhow::anyhow!("a bug").context("somewhere");
+        let r = ApiError::internal(other).into_response();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
