@@ -12,7 +12,8 @@
 //! and closed again (`completed`), so the bench runs many locks: `G` gateways (one agent and
 //! one simulator each, every simulator serving `M` lock addresses on its pty) and the
 //! simulators open and close each door shortly after the latch releases. A lock goes back to
-//! the generator's pool when its order leaves the active states.
+//! the generator's pool when its order leaves the active states. The pool starts interleaved
+//! over the gateways, so consecutive flows go to different venues.
 //!
 //! Line time: the simulators run without `--line-baud`, so no wire time is simulated; what
 //! remains of the bus is the pty round trip, which the agent's own ack latency (reported
