@@ -84,35 +84,27 @@ impl Db {
             }
             _ => url.to_string(),
         };
-        match backend {
+        let (pool, read) = match backend {
             Backend::Postgres => {
                 let pool = open(&url, backend, max_connections, false).await?;
-                Ok(Db {
-                    read: pool.clone(),
-                    pool,
-                    backend,
-                })
+                (pool.clone(), pool)
             }
             // Every connection to `:memory:` is a database of its own: one connection, both ways.
             Backend::Sqlite if memory => {
                 let pool = open(&url, backend, 1, false).await?;
-                Ok(Db {
-                    read: pool.clone(),
-                    pool,
-                    backend,
-                })
+                (pool.clone(), pool)
             }
-            Backend::Sqlite => {
-                // The writer first: it creates the file and switches it to WAL.
-                let pool = open(&url, backend, 1, false).await?;
-                let read = open(&url, backend, max_connections, true).await?;
-                Ok(Db {
-                    pool,
-                    read,
-                    backend,
-                })
-            }
-        }
+            // The writer first: it creates the file and switches it to WAL.
+            Backend::Sqlite => (
+                open(&url, backend, 1, false).await?,
+                open(&url, backend, max_connections, true).await?,
+            ),
+        };
+        Ok(Db {
+            pool,
+            read,
+            backend,
+        })
     }
 
     /// Applies every embedded migration that has not run yet.
