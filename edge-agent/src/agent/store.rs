@@ -346,6 +346,12 @@ pub struct Store {
     fresh: Arc<std::sync::Mutex<Fresh>>,
 }
 
+/// The hand-over lists (`Fresh`, `Delivered`) hold plain data that every update leaves
+/// whole, so a panic elsewhere while one was held does not make it unusable: take it anyway.
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Store {
     /// Opens (creating if needed) the database, migrates it, and starts the owner thread.
     /// Returns the handle and the thread's join handle; the thread ends when every handle
@@ -511,10 +517,7 @@ impl Store {
         if seqs.is_empty() {
             return;
         }
-        let mut d = self
-            .delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut d = locked(&self.delivered);
         d.seqs.extend_from_slice(seqs);
         d.since.get_or_insert_with(Instant::now);
     }
@@ -523,10 +526,7 @@ impl Store {
     /// ones are dropped). `None` when rows were lost at its bound since the last call: read
     /// the outbox itself then.
     pub fn take_fresh(&self, after_seq: i64, max: usize) -> Option<Vec<OutRow>> {
-        let mut f = self
-            .fresh
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = locked(&self.fresh);
         if f.overflowed {
             f.overflowed = false;
             f.rows.clear();
@@ -541,10 +541,7 @@ impl Store {
 
     /// Delivered rows waiting for deletion, and how long the oldest has waited.
     pub fn delivered_waiting(&self) -> (usize, Option<Duration>) {
-        let d = self
-            .delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = locked(&self.delivered);
         (d.seqs.len(), d.since.map(|t| t.elapsed()))
     }
 
@@ -1212,10 +1209,7 @@ impl Db {
         if rows.is_empty() {
             return;
         }
-        let mut f = self
-            .fresh
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = locked(&self.fresh);
         if f.rows.len() + rows.len() > FRESH_MAX {
             f.rows.clear();
             f.overflowed = true;
@@ -1520,10 +1514,7 @@ impl Db {
     }
 
     fn take_delivered(&self) -> Vec<i64> {
-        let mut d = self
-            .delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut d = locked(&self.delivered);
         d.since = None;
         std::mem::take(&mut d.seqs)
     }
@@ -1532,10 +1523,7 @@ impl Db {
         if seqs.is_empty() {
             return;
         }
-        let mut d = self
-            .delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut d = locked(&self.delivered);
         seqs.append(&mut d.seqs);
         d.seqs = seqs;
         d.since.get_or_insert_with(Instant::now);
