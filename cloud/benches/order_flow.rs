@@ -861,6 +861,40 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     s
 }
 
+/// How busy SQLite's one writer connection is: a plain thread looks every 0.5 ms whether
+/// the writer pool has its connection idle. On SQLite every write waits for that one
+/// connection, so this share is what says when the writer, not the CPU, is the limit.
+/// PostgreSQL has a pool of writers and no such single point, so nothing is sampled there.
+struct WriterBusy {
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl WriterBusy {
+    fn start(db: &dmr_cloud::db::Db, span: Duration) -> Option<WriterBusy> {
+        if db.backend != dmr_cloud::db::Backend::Sqlite {
+            return None;
+        }
+        let pool = db.pool.clone();
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let (mut looks, mut busy) = (0u64, 0u64);
+            while t0.elapsed() < span {
+                looks += 1;
+                if pool.num_idle() == 0 {
+                    busy += 1;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            busy as f64 / looks.max(1) as f64
+        });
+        Some(WriterBusy { thread })
+    }
+
+    fn finish(self) -> f64 {
+        self.thread.join().unwrap_or(f64::NAN)
+    }
+}
+
 async fn run_backend(name: &str, url: &str) {
     let gws = env_usize("DMR_FLOW_GATEWAYS", 8);
     let per_gw = env_usize("DMR_FLOW_LOCKS", 48);
@@ -1016,7 +1050,9 @@ async fn run_backend(name: &str, url: &str) {
             let rounds0 = poll_rounds(&http, &status_ports).await;
             let cpu0 = cpu_split(std::process::id(), broker_pid, &agent_pids, &sim_pids);
             let wall0 = Instant::now();
+            let writer = WriterBusy::start(&state.db, warmup + secs);
             let r = run_rate(&state.db, &http, &base, &locks, &shared, rate, warmup, secs).await;
+            let writer = writer.map(WriterBusy::finish);
             let rounds1 = poll_rounds(&http, &status_ports).await;
             let cpu1 = cpu_split(std::process::id(), broker_pid, &agent_pids, &sim_pids);
             let wall = wall0.elapsed().as_secs_f64();
@@ -1065,6 +1101,15 @@ async fn run_backend(name: &str, url: &str) {
                 d[2] * 1000.0 / flows,
                 d[3] * 1000.0 / flows,
             );
+            if let Some(busy) = writer {
+                // Over the same warm-up and window as `flows`: the share of time some task
+                // held the one writer connection, and that time per flow.
+                println!(
+                    "    SQLite writer connection checked out {:.1}% of the time, {:.2} ms per flow offered",
+                    busy * 100.0,
+                    busy * (warmup + secs).as_secs_f64() * 1000.0 / flows
+                );
+            }
             table.push(r);
             stuck_report(&state.db).await;
         }

@@ -76,7 +76,7 @@ impl Feed {
             q.push(" AND merchant_id = ").bind_text(m.clone());
         }
         q.push(" ORDER BY created_at, id LIMIT ").bind_int(BATCH);
-        let rows = q.query_as::<Change>().fetch_all(&self.db.pool).await?;
+        let rows = q.query_as::<Change>().fetch_all(&self.db.read).await?;
         let full = i64::try_from(rows.len()).unwrap_or(0) >= BATCH;
         let mut newest = self.low;
         for r in rows {

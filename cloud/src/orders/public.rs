@@ -378,7 +378,8 @@ pub async fn create(
     if input.qr_code.is_empty() || check_qr(&input.qr_code).is_err() {
         return Err(ApiError::validation("qr_code", "no such lock"));
     }
-    // The lock, its venue and the chosen plan in one read.
+    // The lock, its venue and the chosen plan in one read, on a read connection: on SQLite
+    // the one writer connection is the flow's bottleneck, and this read needs nothing from it.
     let found = sqlx::query_as::<_, LockAndPlan>(
         "SELECT l.id, l.name, l.qr_code, l.status, v.name AS venue_name, v.address AS venue_address, \
          l.merchant_id, l.venue_id, l.gateway_id, p.id AS plan_id, p.name AS plan_name, \
@@ -389,7 +390,7 @@ pub async fn create(
     )
     .bind(input.qr_code.clone())
     .bind(input.plan_id.clone())
-    .fetch_optional(&state.db.pool)
+    .fetch_optional(&state.db.read)
     .await?
     .ok_or_else(|| ApiError::validation("qr_code", "no such lock"))?;
     let lock = found.lock;

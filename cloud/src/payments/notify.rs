@@ -188,7 +188,11 @@ pub async fn apply(
              WHERE p.out_trade_no = $1",
         )
         .bind(out_trade_no.clone())
-        .fetch_optional(&state.db.pool)
+        // A read connection (on SQLite the one writer is the bottleneck): the payment row
+        // committed with its order, and what is read here only decides what to prepare;
+        // the transaction below re-decides with conditional writes (a twin that applied
+        // meanwhile makes the dedupe insert or the payment update a no-op).
+        .fetch_optional(&state.db.read)
         .await?;
         let problem = match &target {
             None => Some(format!("unknown out_trade_no {out_trade_no}")),
