@@ -36,7 +36,8 @@
 //! DMR_FLOW_LINE_BAUD (unset: no simulated wire time; e.g. 115200 to include it),
 //! DMR_FLOW_ONLY_PG=1 (skip the SQLite pass), DMR_FLOW_MQTT_WORKERS and
 //! DMR_FLOW_MQTT_BATCH_WAIT_MS (the cloud's `mqtt.workers` / `mqtt.batch_wait_ms`; unset: the
-//! defaults, 4 and 5).
+//! defaults, 4 and 5), DMR_FLOW_PIN_CPU (e.g. 0: pin this process, the cloud and the generator,
+//! to that CPU once the agents, simulators and broker are up; unset: no pin).
 
 #[path = "../tests/support/ports.rs"]
 mod ports;
@@ -861,6 +862,28 @@ async fn stages(db: &dmr_cloud::db::Db, ids: &[String]) -> String {
     s
 }
 
+/// Pins every thread of this process (the cloud and the load generator) to `cpu`, as an
+/// operator would pin `dmr-cloud` with systemd's `CPUAffinity=`. Done once the agents,
+/// simulators and broker run, so those child processes keep every CPU; threads this process
+/// starts later (new database connections) inherit the pin.
+fn pin_self(cpu: &str) {
+    let pid = std::process::id().to_string();
+    match Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid])
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {
+            println!(
+                "the bench process (cloud + generator) is pinned to CPU {cpu}; its children are not"
+            )
+        }
+        other => {
+            panic!("taskset -a -p -c {cpu} {pid} failed ({other:?}); is util-linux installed?")
+        }
+    }
+}
+
 /// How busy SQLite's one writer connection is: a plain thread looks every 0.5 ms whether
 /// the writer pool has its connection idle. On SQLite every write waits for that one
 /// connection, so this share is what says when the writer, not the CPU, is the limit.
@@ -1012,6 +1035,11 @@ async fn run_backend(name: &str, url: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("all locks online after {:.1} s", t.elapsed().as_secs_f64());
+    if let Ok(cpu) = std::env::var("DMR_FLOW_PIN_CPU")
+        && !cpu.is_empty()
+    {
+        pin_self(&cpu);
+    }
     let locks: Arc<Vec<(String, String)>> = Arc::new(
         seeded
             .iter()
