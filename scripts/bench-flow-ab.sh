@@ -12,7 +12,8 @@
 # bench -p dmr-edge-agent -p dmr-firmware-sim`, in target/release). Without DIR_B both sides
 # run DIR_A and differ by environment only: A_ENV and B_ENV (e.g. B_ENV="DMR_FLOW_MQTT_WORKERS=1").
 # The sizing is the one the session 7 and 8 figures used (12 gateways × 48 locks, door open
-# 300 ms, 2 s warm-up, 8 s measured); DMR_FLOW_* in the environment override it. Each round's
+# 300 ms, 2 s warm-up, 8 s measured); DMR_FLOW_* in the environment override it. PostgreSQL
+# runs durable (DMR_PG_DURABLE=1, scripts/run_postgres.sh) unless DMR_PG_DURABLE=0. Each round's
 # whole output is kept in OUT (default: a new directory under /tmp, printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,9 @@ export DMR_FLOW_GATEWAYS=${DMR_FLOW_GATEWAYS:-12} DMR_FLOW_LOCKS=${DMR_FLOW_LOCK
 round() {
   local dir=$1 extra=$2 file=$3
   if [ "$backend" = pg ]; then
-    (cd cloud && env $extra DMR_E2E_BIN_DIR="$dir" DMR_FLOW_ONLY_PG=1 BENCH="$dir/order_flow" \
+    # A durable server unless the caller says otherwise: the figures stand for production.
+    (cd cloud && env DMR_PG_DURABLE="${DMR_PG_DURABLE:-1}" $extra DMR_E2E_BIN_DIR="$dir" \
+      DMR_FLOW_ONLY_PG=1 BENCH="$dir/order_flow" \
       ../scripts/run_postgres.sh sh -c 'DMR_TEST_DATABASE_URL=$DATABASE_URL "$BENCH" --bench') \
       >"$file" 2>&1
   else

@@ -218,7 +218,13 @@ async fn open(
                 // writer wait instead of failing with SQLITE_BUSY (another process, such
                 // as `dmr-cloud backup`, may hold the lock).
                 conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                // FULL: every commit is on disk before it returns. What the cloud commits
+                // is then answered to someone who forgets it: a payment notification gets
+                // its 2xx (the provider never sends it again) and a gateway's events their
+                // ack (the agent deletes them from its outbox). With NORMAL, WAL mode syncs
+                // only at checkpoints, so a power cut could lose transactions already
+                // answered. The cost is one fsync per commit (docs/benchmarks.md, order flow).
+                conn.execute("PRAGMA synchronous = FULL").await?;
                 conn.execute("PRAGMA busy_timeout = 10000").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
                 // Read pages through a shared memory map instead of a read() call and a
@@ -280,6 +286,12 @@ mod tests {
         let db = Db::connect(&url, 4).await.unwrap();
         assert_eq!(db.pool.options().get_max_connections(), 1);
         assert_eq!(db.read.options().get_max_connections(), 4);
+        // A commit the cloud answered must survive a power cut (2 = FULL).
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "the writer must commit with synchronous = FULL");
         sqlx::query("CREATE TABLE t (v BIGINT)")
             .execute(&db.pool)
             .await
