@@ -4,7 +4,7 @@
 //! slow) or the broker (shutdown) — and writes whatever is due. Reading and writing in one
 //! task keeps the per-connection state (packet ids in flight, QoS 2 receipts) free of locks.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::ack::{AckLink, Outcome, Receipt};
 use crate::router::{Blocked, ClientId, Kick, Message, Outgoing};
 use crate::topic::{parse_filter, validate_name};
 use crate::{Acl, AuthDecision, ConnectInfo, Shared};
@@ -51,6 +52,10 @@ enum End {
     Oversize,
     AclViolation,
     Slow,
+    /// A copy of one of its QoS 1 publishes was lost before its subscriber acknowledged it,
+    /// or nobody that must take it was subscribed (`ack_after_delivery`): closed unacknowledged
+    /// so the client sends it again.
+    Undelivered,
 }
 
 impl End {
@@ -196,13 +201,17 @@ pub(crate) async fn run(
     }
     tracing::debug!(%peer, client_id, "MQTT client connected");
 
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let mut session = Session {
         shared,
         client: client.clone(),
         acl,
         rx,
         pending: VecDeque::new(),
-        inflight: HashSet::new(),
+        inflight: HashMap::new(),
+        acks_tx,
+        acks_rx,
+        awaiting: VecDeque::new(),
         qos2_received: HashSet::new(),
         next_pkid: 0,
         wbuf: BytesMut::with_capacity(4096),
@@ -243,7 +252,7 @@ async fn publish_will(shared: &Shared, will: LastWill) {
         if will.retain {
             router.retain(&msg, qos);
         }
-        router.route(&msg, qos)
+        router.route(&msg, qos, None)
     };
     shared
         .stats
@@ -373,8 +382,15 @@ struct Session<'s> {
     rx: mpsc::Receiver<Outgoing>,
     /// Retained messages for new subscriptions, sent before live traffic.
     pending: VecDeque<Outgoing>,
-    /// Packet ids of our QoS 1 sends not yet acknowledged.
-    inflight: HashSet<u16>,
+    /// Packet ids of our QoS 1 sends not yet acknowledged, with the publisher's receipt of
+    /// each (`ack_after_delivery`).
+    inflight: HashMap<u16, Option<Receipt>>,
+    /// What became of this client's QoS 1 publishes held for their subscribers.
+    acks_tx: mpsc::UnboundedSender<Outcome>,
+    acks_rx: mpsc::UnboundedReceiver<Outcome>,
+    /// Those publishes in arrival order, and whether each is acknowledged: PUBACKs go out
+    /// in the order the PUBLISHes came (MQTT-4.6.0-2), so one waits for those before it.
+    awaiting: VecDeque<(u16, bool)>,
     /// QoS 2 publishes routed but not yet released (routing a re-send twice is avoided).
     qos2_received: HashSet<u16>,
     next_pkid: u16,
@@ -458,6 +474,21 @@ impl Session<'_> {
                         self.pending.push_back(o);
                     }
                 }
+                Some(first) = self.acks_rx.recv() => {
+                    let mut next = Some(first);
+                    while let Some((pkid, delivered)) = next {
+                        if !delivered {
+                            self.shared
+                                .stats
+                                .undelivered_disconnects
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(client_id = %self.client, pkid, "a message from this client did not reach a subscriber that must take it; closing so the client sends it again");
+                            return End::Undelivered;
+                        }
+                        self.acknowledged(pkid);
+                        next = self.acks_rx.try_recv().ok();
+                    }
+                }
             }
         }
     }
@@ -481,6 +512,22 @@ impl Session<'_> {
         }
     }
 
+    /// Every subscriber took publish `pkid`: PUBACK it, and any after it that were only
+    /// waiting for it to go first.
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(entry) = self
+            .awaiting
+            .iter_mut()
+            .find(|(id, done)| *id == pkid && !done)
+        {
+            entry.1 = true;
+        }
+        while let Some(&(id, true)) = self.awaiting.front() {
+            self.awaiting.pop_front();
+            self.queue(&Packet::PubAck(PubAck::new(id)));
+        }
+    }
+
     fn queue(&mut self, p: &Packet) {
         // Only our own well-formed packets get here; an encode error would be a bug in the
         // codec, and dropping that one packet is the least harmful answer.
@@ -494,7 +541,9 @@ impl Session<'_> {
         match p {
             Packet::Publish(publish) => self.on_publish(publish)?,
             Packet::PubAck(ack) => {
-                self.inflight.remove(&ack.pkid);
+                if let Some(Some(receipt)) = self.inflight.remove(&ack.pkid) {
+                    receipt.settle();
+                }
             }
             Packet::PubRel(rel) => {
                 self.qos2_received.remove(&rel.pkid);
@@ -564,6 +613,12 @@ impl Session<'_> {
             return Err(End::AclViolation);
         }
         let duplicate_qos2 = p.qos == QoS::ExactlyOnce && self.qos2_received.contains(&p.pkid);
+        // With ack_after_delivery, a message that must reach a consumer is PUBACKed only
+        // once its subscribers have acknowledged it (ack.rs).
+        let held = (p.qos == QoS::AtLeastOnce
+            && self.shared.config.ack_after_delivery
+            && self.acl.needs_consumer(&p.topic))
+        .then(|| AckLink::new(p.pkid, self.acks_tx.clone()));
         if !duplicate_qos2 {
             let msg = Arc::new(Message {
                 topic: p.topic,
@@ -574,12 +629,25 @@ impl Session<'_> {
             if p.retain {
                 router.retain(&msg, qos);
             }
-            let (n, blocked) = router.route(&msg, qos);
+            let (n, blocked) = router.route(&msg, qos, held.as_ref());
             drop(router);
             stats
                 .messages_delivered
                 .fetch_add(n as u64, Ordering::Relaxed);
             self.blocked.extend(blocked);
+            if let Some(link) = &held
+                && Arc::strong_count(link) == 1
+            {
+                // No copy went out at QoS 1: nobody has taken responsibility for it.
+                link.lose();
+            }
+        }
+        if let Some(link) = held {
+            // Its outcome arrives on acks_rx once the last copy is settled (at once if
+            // there is none).
+            self.awaiting.push_back((p.pkid, false));
+            drop(link);
+            return Ok(());
         }
         match p.qos {
             QoS::AtMostOnce => {}
@@ -607,7 +675,7 @@ impl Session<'_> {
                 0
             } else {
                 let id = self.alloc_pkid();
-                self.inflight.insert(id);
+                self.inflight.insert(id, next.receipt);
                 id
             };
             let publish = Publish {
@@ -625,7 +693,7 @@ impl Session<'_> {
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains(&self.next_pkid) {
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
         }

@@ -14,6 +14,11 @@
 //! kept for a client that is gone (CONNACK never says session present), so a gateway
 //! re-subscribes on reconnect and catches up through HTTP sync.
 //!
+//! With `ack_after_delivery` (the cloud turns it on), a QoS 1 publish to a topic the ACL says
+//! must reach a consumer is PUBACKed only once its subscribers have PUBACKed their copies
+//! (see `ack.rs`): a gateway forgets an event when it is acknowledged, and broker and
+//! cloud share a process, so an earlier PUBACK would die with that process.
+//!
 //! Authentication and authorisation are the embedder's: an [`Authenticator`] answers each
 //! CONNECT with an [`Acl`] for that connection. A PUBLISH the ACL refuses closes the
 //! connection (MQTT-3.3.5-2 allows a positive ack or a close; closing makes a misbehaving
@@ -27,6 +32,7 @@
 //! than buffered without limit. Packets larger than `max_packet_bytes` close the
 //! connection before their body is read.
 
+mod ack;
 mod conn;
 mod router;
 pub mod topic;
@@ -49,6 +55,14 @@ pub trait Acl: Send + Sync + fmt::Debug {
     fn may_publish(&self, topic: &str) -> bool;
     /// May it subscribe to this filter, exactly as sent (a `$share/<group>/` prefix included)?
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// With [`BrokerConfig::ack_after_delivery`]: must a QoS 1 publish to this topic reach a
+    /// QoS 1 subscriber before the publisher may forget it? If so, its PUBACK waits until
+    /// every QoS 1 subscriber acknowledged its copy, and if none is subscribed or a copy is
+    /// lost, the publisher's connection is closed unacknowledged, so it keeps the message
+    /// and sends it again later. Default: no (PUBACK as soon as the message is queued).
+    fn needs_consumer(&self, _topic: &str) -> bool {
+        false
+    }
 }
 
 /// An ACL that allows everything (tests, trusted local clients).
@@ -109,6 +123,11 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Time a single socket write may take before the peer counts as stuck.
     pub write_timeout: Duration,
+    /// For topics the publisher's [`Acl::needs_consumer`] names: PUBACK a QoS 1 publish only
+    /// once every QoS 1 subscriber that got a copy has PUBACKed it; a copy that is lost, or
+    /// no subscriber at all, closes the publisher's connection instead (see `ack.rs`).
+    /// Off: PUBACK as soon as the message is queued (plain MQTT broker behaviour).
+    pub ack_after_delivery: bool,
 }
 
 impl Default for BrokerConfig {
@@ -121,6 +140,7 @@ impl Default for BrokerConfig {
             inflight_window: 1000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            ack_after_delivery: false,
         }
     }
 }
@@ -152,6 +172,9 @@ pub struct Stats {
     pub keepalive_timeouts: AtomicU64,
     pub wills_published: AtomicU64,
     pub takeovers: AtomicU64,
+    /// Publisher connections closed because a copy of a message of theirs was lost
+    /// (`ack_after_delivery`).
+    pub undelivered_disconnects: AtomicU64,
     /// Whether the accept loop is running (the listener is alive): `/health` reads it.
     pub listening: std::sync::atomic::AtomicBool,
 }
@@ -183,6 +206,7 @@ pub struct StatsSnapshot {
     pub keepalive_timeouts: u64,
     pub wills_published: u64,
     pub takeovers: u64,
+    pub undelivered_disconnects: u64,
 }
 
 impl Stats {
@@ -204,6 +228,7 @@ impl Stats {
             keepalive_timeouts: g(&self.keepalive_timeouts),
             wills_published: g(&self.wills_published),
             takeovers: g(&self.takeovers),
+            undelivered_disconnects: g(&self.undelivered_disconnects),
         }
     }
 }

@@ -13,6 +13,7 @@ use rumqttc::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Stats;
+use crate::ack::{AckLink, Receipt};
 use crate::topic::matches;
 
 pub(crate) type ClientId = Arc<str>;
@@ -30,6 +31,9 @@ pub(crate) struct Outgoing {
     pub msg: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    /// This copy's share of its publisher's PUBACK (QoS 1 copies, with
+    /// `ack_after_delivery`): settled when the subscriber acknowledges it.
+    pub receipt: Option<Receipt>,
 }
 
 /// Why the router ends a connection from the outside.
@@ -296,6 +300,7 @@ impl Router {
                 msg: r.msg.clone(),
                 qos: min_qos(r.qos, qos),
                 retain: true,
+                receipt: None,
             })
             .collect()
     }
@@ -331,7 +336,13 @@ impl Router {
     /// queue is full come back as [`Blocked`]: the publishing connection then waits for room
     /// (outside this lock, which throttles the publisher through TCP) and kicks the
     /// subscriber if none comes in time. Returns how many got it now, and the blocked ones.
-    pub fn route(&mut self, msg: &Arc<Message>, qos: QoS) -> (usize, Vec<Blocked>) {
+    /// With `ack`, every copy that goes out at QoS 1 carries a [`Receipt`] of it.
+    pub fn route(
+        &mut self,
+        msg: &Arc<Message>,
+        qos: QoS,
+        ack: Option<&Arc<AckLink>>,
+    ) -> (usize, Vec<Blocked>) {
         let levels: Vec<&str> = msg.topic.split('/').collect();
         let mut targets = Targets::default();
         self.tree.collect(&levels, true, &mut targets);
@@ -343,10 +354,12 @@ impl Router {
             let Some(s) = sessions.get(client) else {
                 return Offer::Gone;
             };
+            let qos = min_qos(qos, sub_qos);
             let out = Outgoing {
                 msg: msg.clone(),
-                qos: min_qos(qos, sub_qos),
+                qos,
                 retain: false,
+                receipt: ack.filter(|_| qos == QoS::AtLeastOnce).map(Receipt::new),
             };
             match s.tx.try_send(out) {
                 Ok(()) => Offer::Sent,
@@ -355,7 +368,10 @@ impl Router {
                     tx: s.tx.clone(),
                     out,
                 }),
-                Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+                Err(mpsc::error::TrySendError::Closed(out)) => {
+                    discard(out);
+                    Offer::Gone
+                }
             }
         };
         for (client, sub_qos) in &direct {
@@ -381,6 +397,8 @@ impl Router {
                     Offer::Full(b) => {
                         if first_full.is_none() {
                             first_full = Some(b);
+                        } else {
+                            discard(b.out);
                         }
                     }
                     Offer::Gone => {}
@@ -388,6 +406,9 @@ impl Router {
             }
             if sent {
                 delivered += 1;
+                if let Some(b) = first_full {
+                    discard(b.out);
+                }
             } else if let Some(b) = first_full {
                 blocked.push(b);
             }
@@ -403,6 +424,14 @@ impl Router {
             let _ = k.send(Kick::Slow);
             stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A copy that was made but never queued for anyone: not a copy that got lost, so its
+/// receipt (if any) is settled rather than dropped.
+fn discard(out: Outgoing) {
+    if let Some(r) = out.receipt {
+        r.settle();
     }
 }
 
@@ -428,7 +457,7 @@ mod tests {
     impl Router {
         /// Delivered count, for tests that expect nothing blocked.
         fn route_n(&mut self, m: &Arc<Message>, q: QoS) -> usize {
-            self.route(m, q).0
+            self.route(m, q, None).0
         }
     }
 
@@ -558,7 +587,7 @@ mod tests {
         r.register(&id, None, 1, tx, k).unwrap();
         r.subscribe(&id, None, "t", QoS::AtMostOnce);
         assert_eq!(r.route_n(&msg("t"), QoS::AtMostOnce), 1);
-        let (n, blocked) = r.route(&msg("t"), QoS::AtMostOnce);
+        let (n, blocked) = r.route(&msg("t"), QoS::AtMostOnce, None);
         assert_eq!((n, blocked.len()), (0, 1));
         assert_eq!(&*blocked[0].client, "slow");
         r.kick_slow(&id, &stats);

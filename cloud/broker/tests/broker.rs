@@ -14,7 +14,7 @@ use dmr_broker::{
     Acl, AllowAll, AuthDecision, Authenticator, BoxFuture, Broker, BrokerConfig, ConnectInfo,
 };
 use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Publish, SubAck, Subscribe,
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck, Subscribe,
     SubscribeReasonCode,
 };
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, QoS};
@@ -41,6 +41,10 @@ impl Acl for DevAcl {
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         filter == format!("{}cmd", self.prefix)
+    }
+    /// Like a gateway's outbox messages: an `event` must reach somebody.
+    fn needs_consumer(&self, topic: &str) -> bool {
+        topic.ends_with("/event")
     }
 }
 
@@ -357,6 +361,144 @@ async fn read_one(s: &mut TcpStream) -> Option<Packet> {
             return None;
         }
     }
+}
+
+/// A raw connection that keeps what it read past one packet (two PUBACKs may come in one
+/// read).
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, id: &str, user: &str, pass: &str) -> Raw {
+        let (s, ack) = raw_connect(addr, id, user, pass, 30, None).await;
+        assert_eq!(ack.code, ConnectReturnCode::Success);
+        Raw {
+            s,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// One packet within `d`: `Ok(None)` when the peer closes, `Err(())` when nothing came
+    /// in time.
+    async fn read_for(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match Packet::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return Ok(Some(p)),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            match tokio::time::timeout_at(deadline, self.s.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0) | Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, p: Packet) {
+        self.s.write_all(&bytes_of(&p)).await.unwrap();
+    }
+
+    /// The packet id the broker gave the next PUBLISH.
+    async fn next_publish_pkid(&mut self) -> u16 {
+        match self.read_for(LONG).await {
+            Ok(Some(Packet::Publish(p))) => p.pkid,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    async fn expect_puback(&mut self, pkid: u16) {
+        match self.read_for(LONG).await {
+            Ok(Some(Packet::PubAck(a))) => assert_eq!(a.pkid, pkid),
+            other => panic!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+
+    /// A subscriber (admin) to `filter` at QoS 1, its SUBACK read.
+    async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> Raw {
+        let mut r = Raw::connect(addr, id, "admin", "root").await;
+        let mut sub = Subscribe::new(filter, rumqttc::mqttbytes::QoS::AtLeastOnce);
+        sub.pkid = 1;
+        r.send(Packet::Subscribe(sub)).await;
+        assert!(matches!(
+            r.read_for(LONG).await,
+            Ok(Some(Packet::SubAck(_)))
+        ));
+        r
+    }
+}
+
+fn publish_qos1(topic: &str, pkid: u16, payload: &str) -> Packet {
+    let mut p = Publish::new(topic, rumqttc::mqttbytes::QoS::AtLeastOnce, payload);
+    p.pkid = pkid;
+    Packet::Publish(p)
+}
+
+#[tokio::test]
+async fn ack_after_delivery_acks_the_publisher_once_the_subscriber_did_in_order() {
+    let broker = start(|c| c.ack_after_delivery = true).await;
+    let addr = broker.local_addr();
+    let mut sub = Raw::subscriber(addr, "cloud", "dev/+/event").await;
+    let mut dev = Raw::connect(addr, "d1", "dev1", "p1").await;
+    dev.send(publish_qos1("dev/1/event", 11, "a")).await;
+    dev.send(publish_qos1("dev/1/event", 12, "b")).await;
+    let first = sub.next_publish_pkid().await;
+    let second = sub.next_publish_pkid().await;
+    assert!(
+        dev.read_for(SHORT).await.is_err(),
+        "no PUBACK while the subscriber holds both"
+    );
+    // The second acknowledged first: its PUBACK still waits for the first's.
+    sub.send(Packet::PubAck(PubAck::new(second))).await;
+    assert!(dev.read_for(SHORT).await.is_err(), "PUBACKs go in order");
+    sub.send(Packet::PubAck(PubAck::new(first))).await;
+    dev.expect_puback(11).await;
+    dev.expect_puback(12).await;
+    // A topic nobody must take (no needs_consumer) and nobody subscribed: acked at once.
+    dev.send(publish_qos1("dev/1/state", 13, "up")).await;
+    dev.expect_puback(13).await;
+    assert_eq!(broker.stats().snapshot().undelivered_disconnects, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn ack_after_delivery_closes_the_publisher_when_its_copy_is_lost() {
+    let broker = start(|c| c.ack_after_delivery = true).await;
+    let addr = broker.local_addr();
+    let mut sub = Raw::subscriber(addr, "cloud", "dev/+/event").await;
+    let mut dev = Raw::connect(addr, "d1", "dev1", "p1").await;
+    dev.send(publish_qos1("dev/1/event", 21, "a")).await;
+    sub.next_publish_pkid().await;
+    // The subscriber dies holding the copy, as a crashed consumer would.
+    drop(sub);
+    assert_eq!(
+        dev.read_for(LONG).await,
+        Ok(None),
+        "closed without a PUBACK: the publisher keeps its message"
+    );
+    assert_eq!(broker.stats().snapshot().undelivered_disconnects, 1);
+
+    // Nobody subscribed to a topic that needs a consumer: the same.
+    let mut dev = Raw::connect(addr, "d1", "dev1", "p1").await;
+    dev.send(publish_qos1("dev/1/event", 22, "b")).await;
+    assert_eq!(dev.read_for(LONG).await, Ok(None));
+    assert_eq!(broker.stats().snapshot().undelivered_disconnects, 2);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_ack_after_delivery_the_broker_acks_at_once() {
+    let broker = start(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut sub = Raw::subscriber(addr, "cloud", "dev/+/event").await;
+    let mut dev = Raw::connect(addr, "d1", "dev1", "p1").await;
+    dev.send(publish_qos1("dev/1/event", 31, "a")).await;
+    dev.expect_puback(31).await;
+    sub.next_publish_pkid().await;
+    broker.shutdown().await;
 }
 
 fn will(topic: &str) -> LastWill {

@@ -82,6 +82,13 @@ impl dmr_broker::Acl for Principal {
     fn may_subscribe(&self, filter: &str) -> bool {
         allowed(self, Action::Subscribe, filter)
     }
+    /// A gateway's `event` and `ack` come from its outbox, which forgets a message once it
+    /// is PUBACKed: the embedded broker holds that PUBACK until the cloud's bridge has
+    /// committed the message, so a crash of `dmr-cloud` in between loses nothing.
+    fn needs_consumer(&self, topic: &str) -> bool {
+        matches!(self, Principal::Gateway(_))
+            && (topic.ends_with("/event") || topic.ends_with("/ack"))
+    }
 }
 
 #[cfg(test)]

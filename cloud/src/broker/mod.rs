@@ -140,6 +140,10 @@ pub async fn start_embedded(state: &crate::AppState) -> anyhow::Result<Option<dm
         listen: c.listen,
         max_connections: c.max_connections,
         max_packet_bytes: c.max_packet_bytes,
+        // A gateway's outbox message is PUBACKed only once the bridge has committed it
+        // (acl.rs, needs_consumer): broker and bridge share this process, so a PUBACK given
+        // earlier would be lost with it.
+        ack_after_delivery: true,
         ..dmr_broker::BrokerConfig::default()
     };
     let authenticator = Arc::new(auth::EmbeddedAuthenticator {

@@ -9,6 +9,7 @@ on_every_backend!(
     hooks_authorize_with_the_gateway_policy,
     hooks_are_off_without_a_secret,
     embedded_broker_enforces_credentials_and_acl,
+    embedded_broker_acks_a_gateway_event_only_once_the_cloud_applied_it,
 );
 
 mod scenarios {
@@ -521,5 +522,107 @@ mod scenarios {
         );
         broker.shutdown().await;
         app.stop().await;
+    }
+    /// Promise 2 through the embedded broker: an agent deletes an outbox row once it is
+    /// PUBACKed, and broker and bridge live in one process, so the PUBACK must mean "applied".
+    /// With nobody to take the event (no bridge yet) the connection is closed unacknowledged;
+    /// with the bridge up the PUBACK comes only once the event is in the database.
+    pub async fn embedded_broker_acks_a_gateway_event_only_once_the_cloud_applied_it(
+        kind: &DbKind,
+    ) {
+        use crate::link_support::{enroll as enroll_gateway, now_ms, signed};
+        use dmr_protocol::message::{DoorChange, DoorEvent, Event as GwEvent, Message};
+
+        let host = TestApp::spawn(kind).await;
+        let broker = dmr_cloud::broker::start_embedded(&host.state)
+            .await
+            .unwrap()
+            .expect("enabled by default");
+        let addr = broker.local_addr();
+        let w = seed_world(&host).await;
+        let gw = enroll_gateway(&host, &w.a.owner, &w.a.venue_id, Some(&w.a.gateway_id)).await;
+        let user = format!("gw:{}", gw.id);
+        let password = gw.enrolled["mqtt"]["password"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let topic = format!("dmr/v1/gw/{}/event", gw.id);
+        let t = now_ms();
+        let (id, event) = signed(
+            gw.id,
+            &gw.key,
+            t,
+            Message::Event(GwEvent::Door(DoorEvent {
+                lock_id: uuid::Uuid::parse_str(&w.a.lock_id).unwrap(),
+                door: DoorChange::Opened,
+                at: u64::try_from(t).unwrap(),
+            })),
+        );
+        let applied = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM gateway_messages WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_one(&host.state.db.pool)
+                .await
+                .unwrap()
+        };
+        // Publishes the event on a fresh connection: Some(true) when PUBACKed, Some(false)
+        // when the broker closed the connection first.
+        let attempt = || async {
+            let mut g = mqtt(addr, "agent-a", &user, &password).await.unwrap();
+            g.client
+                .publish(&topic, QoS::AtLeastOnce, false, event.clone())
+                .await
+                .unwrap();
+            loop {
+                match g.next().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        };
+
+        // No bridge subscribed yet: nobody has taken the event, so no PUBACK.
+        assert!(!attempt().await, "PUBACKed with nobody to take it");
+        assert_eq!(applied().await, 0);
+        assert_eq!(broker.stats().snapshot().undelivered_disconnects, 1);
+
+        // The bridge of another instance on the same database (a restarted cloud, say).
+        let ext = TestApp::spawn_on(kind, &host.url, |c| {
+            c.mqtt.embedded.enabled = false;
+            c.mqtt.url = format!("mqtt://{addr}");
+            c.mqtt.host = addr.ip().to_string();
+            c.mqtt.port = addr.port();
+            c.mqtt.client_id = format!("ack-test-{}", uuid::Uuid::new_v4().simple());
+        })
+        .await;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (bridge, liveness) = dmr_cloud::app::spawn_link(&ext.state, "ack-test", &rx);
+        // The agent's way: publish again after each closed connection (the bridge may not
+        // have subscribed yet), until PUBACKed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if attempt().await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never PUBACKed with the bridge up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            applied().await,
+            1,
+            "PUBACKed before the cloud had the event in its database"
+        );
+
+        let _ = stop.send(true);
+        for t in [bridge, liveness].into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+        broker.shutdown().await;
+        ext.stop().await;
+        host.stop().await;
     }
 }
