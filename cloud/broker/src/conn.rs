@@ -651,6 +651,10 @@ impl Session<'_> {
         }
         match p.qos {
             QoS::AtMostOnce => {}
+            // Behind a held one, its PUBACK waits its turn (MQTT-4.6.0-2).
+            QoS::AtLeastOnce if !self.awaiting.is_empty() => {
+                self.awaiting.push_back((p.pkid, true))
+            }
             QoS::AtLeastOnce => self.queue(&Packet::PubAck(PubAck::new(p.pkid))),
             QoS::ExactlyOnce => {
                 self.qos2_received.insert(p.pkid);

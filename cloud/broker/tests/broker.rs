@@ -451,12 +451,15 @@ async fn ack_after_delivery_acks_the_publisher_once_the_subscriber_did_in_order(
         dev.read_for(SHORT).await.is_err(),
         "no PUBACK while the subscriber holds both"
     );
+    // A publish nobody must take, behind them: acknowledged, but not before them.
+    dev.send(publish_qos1("dev/1/state", 14, "up")).await;
     // The second acknowledged first: its PUBACK still waits for the first's.
     sub.send(Packet::PubAck(PubAck::new(second))).await;
     assert!(dev.read_for(SHORT).await.is_err(), "PUBACKs go in order");
     sub.send(Packet::PubAck(PubAck::new(first))).await;
     dev.expect_puback(11).await;
     dev.expect_puback(12).await;
+    dev.expect_puback(14).await;
     // A topic nobody must take (no needs_consumer) and nobody subscribed: acked at once.
     dev.send(publish_qos1("dev/1/state", 13, "up")).await;
     dev.expect_puback(13).await;
