@@ -18,6 +18,8 @@
 
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/procs.rs"]
+mod procs;
 
 #[path = "api/common.rs"]
 #[allow(dead_code)]
@@ -26,8 +28,7 @@ mod common;
 #[allow(dead_code)]
 mod link_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -35,54 +36,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use ports::free_port;
+use procs::{Proc, bin, wait_port};
 
 use common::{DbKind, TestApp, eventually, seed_world};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("DMR_E2E_BIN_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug")))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build -p dmr-edge-agent -p dmr-firmware-sim` first \
-         (or set DMR_E2E_BIN_DIR)",
-        path.display()
-    );
-    path
-}
-
-fn wait_port(port: u16, what: &str) {
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "{what} did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process killed (SIGKILL) on drop.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 async fn gateway_online(app: &TestApp, gw: &str) -> i64 {
     sqlx::query_scalar("SELECT online FROM gateways WHERE id = $1")
