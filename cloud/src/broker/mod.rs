@@ -104,6 +104,9 @@ impl BrokerState {
                 ("keepalive_timeout", s.keepalive_timeouts),
                 ("will_published", s.wills_published),
                 ("takeover", s.takeovers),
+                // A gateway's event or ack found no one to take it (the bridge was away):
+                // its connection was closed unacknowledged and the gateway sends it again.
+                ("undelivered_disconnect", s.undelivered_disconnects),
             ] {
                 let _ = writeln!(out, "dmr_mqtt_events_total{{kind=\"{kind}\"}} {n}");
             }

@@ -586,6 +586,19 @@ mod scenarios {
         assert!(!attempt().await, "PUBACKed with nobody to take it");
         assert_eq!(applied().await, 0);
         assert_eq!(broker.stats().snapshot().undelivered_disconnects, 1);
+        let metrics = host
+            .client
+            .get(host.url_of("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("dmr_mqtt_events_total{kind=\"undelivered_disconnect\"} 1"),
+            "{metrics}"
+        );
 
         // The bridge of another instance on the same database (a restarted cloud, say).
         let ext = TestApp::spawn_on(kind, &host.url, |c| {
