@@ -178,15 +178,7 @@ mod scenarios {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
-        let metrics = app
-            .client
-            .get(app.url_of("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         assert!(
             metrics.contains("dmr_broker_hook_auth_total{result=\"allow\"} 3"),
             "{metrics}"
@@ -507,15 +499,7 @@ mod scenarios {
             ConnectReturnCode::NotAuthorized
         );
 
-        let metrics = app
-            .client
-            .get(app.url_of("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         assert!(
             metrics.contains("dmr_mqtt_events_total{kind=\"publish_denied\"} 1"),
             "{metrics}"
@@ -586,15 +570,7 @@ mod scenarios {
         assert!(!attempt().await, "PUBACKed with nobody to take it");
         assert_eq!(applied().await, 0);
         assert_eq!(broker.stats().snapshot().undelivered_disconnects, 1);
-        let metrics = host
-            .client
-            .get(host.url_of("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = host.metrics().await;
         assert!(
             metrics.contains("dmr_mqtt_events_total{kind=\"undelivered_disconnect\"} 1"),
             "{metrics}"

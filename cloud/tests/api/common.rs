@@ -168,6 +168,18 @@ impl TestApp {
         self._dir.take()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url_of("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url_of(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

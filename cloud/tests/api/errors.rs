@@ -205,15 +205,7 @@ mod scenarios {
         let _ = app
             .call(reqwest::Method::GET, "/no/such/route", None, None)
             .await;
-        let text = app
-            .client
-            .get(app.url_of("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         assert!(
             text.contains(
                 "dmr_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"

@@ -457,15 +457,7 @@ mod scenarios {
         assert_eq!(summary["revenue_by_day"].as_array().unwrap().len(), 7);
         // The transitions are counted for the alert rules (per process; other tests in this
         // binary may have added more, so at least this order's).
-        let metrics = app
-            .client
-            .get(app.url_of("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         for to in ["paid", "unlocked", "completed"] {
             let line = format!("dmr_order_transitions_total{{to=\"{to}\"}} ");
             let n: u64 = metrics

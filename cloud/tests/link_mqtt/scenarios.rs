@@ -73,15 +73,7 @@ async fn lock_status(state: &AppState, lock: &str) -> String {
 }
 
 async fn metric(app: &TestApp, line_prefix: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url_of("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -313,15 +305,7 @@ pub async fn heartbeats_events_rejections_commands_and_last_will(kind: &DbKind) 
     assert_eq!(lock_status(&state, &world.a.lock_id).await, "online");
     let total_rejected = metric(&app, "dmr_mqtt_messages_rejected_total{").await;
     assert!(total_rejected >= 1, "rejections visible in /metrics");
-    let text = app
-        .client
-        .get(app.url_of("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let reasons: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("dmr_mqtt_messages_rejected_total{"))
