@@ -18,7 +18,7 @@
 //! When the last holder lets go of the link, its outcome goes to the publisher's session.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -31,6 +31,10 @@ pub(crate) struct AckLink {
     pkid: u16,
     to: mpsc::UnboundedSender<Outcome>,
     lost: AtomicBool,
+    /// Copies handed to subscribers (queued or waiting for room), settled or not. Counted
+    /// rather than read off the Arc's strong count, which a fast subscriber's settle would
+    /// lower before the publisher looked.
+    copies: AtomicUsize,
 }
 
 impl AckLink {
@@ -39,7 +43,13 @@ impl AckLink {
             pkid,
             to,
             lost: AtomicBool::new(false),
+            copies: AtomicUsize::new(0),
         })
+    }
+
+    /// How many copies went to subscribers.
+    pub fn copies(&self) -> usize {
+        self.copies.load(Ordering::Relaxed)
     }
 
     /// Marks the publish as undeliverable (no subscriber that must take it).
@@ -67,6 +77,7 @@ pub(crate) struct Receipt {
 
 impl Receipt {
     pub fn new(link: &Arc<AckLink>) -> Receipt {
+        link.copies.fetch_add(1, Ordering::Relaxed);
         Receipt {
             link: link.clone(),
             settled: false,
@@ -75,6 +86,13 @@ impl Receipt {
 
     /// The subscriber acknowledged this copy.
     pub fn settle(mut self) {
+        self.settled = true;
+    }
+
+    /// This copy was made but never went to anyone (its subscriber was gone, or another
+    /// member of a shared group took the message): neither delivered nor lost.
+    pub fn discard(mut self) {
+        self.link.copies.fetch_sub(1, Ordering::Relaxed);
         self.settled = true;
     }
 }
@@ -115,6 +133,13 @@ mod tests {
         a.settle();
         drop(b);
         assert_eq!(rx.try_recv().unwrap(), (8, false));
+
+        // A discarded copy is no copy.
+        let link = AckLink::new(11, tx.clone());
+        Receipt::new(&link).discard();
+        assert_eq!(link.copies(), 0);
+        drop(link);
+        assert_eq!(rx.try_recv().unwrap(), (11, true));
 
         // No copy at all: acknowledged as soon as the publisher lets go, unless marked lost.
         drop(AckLink::new(9, tx.clone()));

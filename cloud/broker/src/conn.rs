@@ -636,7 +636,7 @@ impl Session<'_> {
                 .fetch_add(n as u64, Ordering::Relaxed);
             self.blocked.extend(blocked);
             if let Some(link) = &held
-                && Arc::strong_count(link) == 1
+                && link.copies() == 0
             {
                 // No copy went out at QoS 1: nobody has taken responsibility for it.
                 link.lose();

@@ -428,10 +428,10 @@ impl Router {
 }
 
 /// A copy that was made but never queued for anyone: not a copy that got lost, so its
-/// receipt (if any) is settled rather than dropped.
+/// receipt (if any) is discarded rather than dropped.
 fn discard(out: Outgoing) {
     if let Some(r) = out.receipt {
-        r.settle();
+        r.discard();
     }
 }
 
