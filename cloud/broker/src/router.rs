@@ -516,6 +516,53 @@ mod tests {
         assert_eq!((na, nb), (1, 3), "nothing blocked, nothing lost");
     }
 
+    /// With a publisher's link: each queued QoS 1 copy carries a receipt, copies offered to a
+    /// group member that could not take them are discarded (not lost), and the publisher
+    /// hears "delivered" once the copies it handed out are settled.
+    #[test]
+    fn receipts_count_only_the_copies_handed_out() {
+        let mut r = Router::default();
+        let (full, mut rf) = client(&mut r, "full", 1);
+        let (b, mut rb) = client(&mut r, "b", 8);
+        let (direct, mut rd) = client(&mut r, "direct", 8);
+        r.subscribe(&full, Some("g"), "t/+", QoS::AtLeastOnce);
+        r.subscribe(&b, Some("g"), "t/+", QoS::AtLeastOnce);
+        r.subscribe(&direct, None, "t/+", QoS::AtMostOnce);
+        // Fill `full`'s one-message queue (the round robin reaches it within two messages),
+        // so a later offer to it comes back full and passes on to b.
+        while rf.is_empty() {
+            let (n, blocked) = r.route(&msg("t/0"), QoS::AtLeastOnce, None);
+            assert_eq!((n, blocked.len()), (2, 0));
+            while rb.try_recv().is_ok() {}
+            while rd.try_recv().is_ok() {}
+        }
+        assert_eq!(rf.len(), 1, "the first member is full");
+
+        // Two messages, so the group's turn starts at each member once: when it is `full`'s,
+        // its copy comes back full and is discarded, and b takes the message.
+        for pkid in [5, 7] {
+            let (tx, mut outcomes) = mpsc::unbounded_channel();
+            let link = crate::ack::AckLink::new(pkid, tx);
+            let (n, blocked) = r.route(&msg("t/1"), QoS::AtLeastOnce, Some(&link));
+            assert_eq!((n, blocked.len()), (2, 0), "b and the direct subscriber");
+            assert_eq!(link.copies(), 1, "one QoS 1 copy; QoS 0 needs no receipt");
+            drop(link);
+            assert!(outcomes.try_recv().is_err(), "b has not acknowledged yet");
+            assert!(rd.try_recv().unwrap().receipt.is_none());
+            rb.try_recv().unwrap().receipt.unwrap().settle();
+            assert_eq!(outcomes.try_recv().unwrap(), (pkid, true));
+        }
+
+        // A copy dropped unsettled (its subscriber went away holding it): lost.
+        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        let link = crate::ack::AckLink::new(6, tx);
+        r.route(&msg("t/2"), QoS::AtLeastOnce, Some(&link));
+        drop(link);
+        drop(rb);
+        while rd.try_recv().is_ok() {}
+        assert_eq!(outcomes.try_recv().unwrap(), (6, false));
+    }
+
     #[test]
     fn dollar_topics_need_explicit_filters() {
         let mut r = Router::default();
