@@ -522,7 +522,7 @@ mod tests {
     #[test]
     fn receipts_count_only_the_copies_handed_out() {
         let mut r = Router::default();
-        let (full, mut rf) = client(&mut r, "full", 1);
+        let (full, rf) = client(&mut r, "full", 1);
         let (b, mut rb) = client(&mut r, "b", 8);
         let (direct, mut rd) = client(&mut r, "direct", 8);
         r.subscribe(&full, Some("g"), "t/+", QoS::AtLeastOnce);
