@@ -97,13 +97,6 @@ impl Receipt {
     }
 }
 
-impl Clone for Receipt {
-    /// Another copy, which must be acknowledged in its own right.
-    fn clone(&self) -> Receipt {
-        Receipt::new(&self.link)
-    }
-}
-
 impl Drop for Receipt {
     fn drop(&mut self) {
         if !self.settled {

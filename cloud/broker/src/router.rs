@@ -25,8 +25,9 @@ pub(crate) struct Message {
     pub payload: Bytes,
 }
 
-/// One message queued for one subscriber, at the QoS it gets.
-#[derive(Debug, Clone)]
+/// One message queued for one subscriber, at the QoS it gets. Not `Clone`: a copy with a
+/// receipt is one delivery that must be acknowledged, so copies are only made by routing.
+#[derive(Debug)]
 pub(crate) struct Outgoing {
     pub msg: Arc<Message>,
     pub qos: QoS,
