@@ -577,14 +577,7 @@ mod scenarios {
         );
 
         // The bridge of another instance on the same database (a restarted cloud, say).
-        let ext = TestApp::spawn_on(kind, &host.url, |c| {
-            c.mqtt.embedded.enabled = false;
-            c.mqtt.url = format!("mqtt://{addr}");
-            c.mqtt.host = addr.ip().to_string();
-            c.mqtt.port = addr.port();
-            c.mqtt.client_id = format!("ack-test-{}", uuid::Uuid::new_v4().simple());
-        })
-        .await;
+        let ext = TestApp::spawn_bridged_to(kind, &host.url, addr).await;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let (bridge, liveness) = dmr_cloud::app::spawn_link(&ext.state, "ack-test", &rx);
         // The agent's way: publish again after each closed connection (the bridge may not

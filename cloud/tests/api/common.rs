@@ -168,6 +168,23 @@ impl TestApp {
         self._dir.take()
     }
 
+    /// Another instance on `url`'s database (so the same cloud MQTT password) whose bridge
+    /// would use the broker at `broker` instead of an embedded one; its bridge is not started.
+    pub async fn spawn_bridged_to(
+        kind: &DbKind,
+        url: &str,
+        broker: std::net::SocketAddr,
+    ) -> TestApp {
+        TestApp::spawn_on(kind, url, |c| {
+            c.mqtt.embedded.enabled = false;
+            c.mqtt.url = format!("mqtt://{broker}");
+            c.mqtt.host = broker.ip().to_string();
+            c.mqtt.port = broker.port();
+            c.mqtt.client_id = format!("bridged-test-{}", uuid::Uuid::new_v4().simple());
+        })
+        .await
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client

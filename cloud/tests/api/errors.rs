@@ -263,14 +263,7 @@ mod scenarios {
 
         // External: another instance on the same database (so the same cloud password)
         // uses that broker through its bridge.
-        let ext = TestApp::spawn_on(kind, &host.url, |c| {
-            c.mqtt.embedded.enabled = false;
-            c.mqtt.url = format!("mqtt://{addr}");
-            c.mqtt.host = addr.ip().to_string();
-            c.mqtt.port = addr.port();
-            c.mqtt.client_id = format!("health-test-{}", uuid::Uuid::new_v4().simple());
-        })
-        .await;
+        let ext = TestApp::spawn_bridged_to(kind, &host.url, addr).await;
         let (s, b) = health(&ext).await;
         assert_eq!(
             s,
